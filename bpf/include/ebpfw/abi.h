@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * The kernel/user contract of ebpfw: every map key and value, every flag and
+ * every constant that crosses between the BPF fast path and the daemon.
+ * src/fw_ebpf/maps.py mirrors this file; tests/test_abi.py checks the mirror
+ * against the BTF of the compiled object.
+ */
+#ifndef __EBPFW_ABI_H
+#define __EBPFW_ABI_H
+
+#include <linux/types.h>
+
+#define EBPFW_FLOWS_DEFAULT	65536	/* ebpfw_flows max_entries unless the loader sets it */
+#define EBPFW_EVENTS_BYTES	(256 * 1024)
+#define EBPFW_TX_MAX		256	/* egress devices in ebpfw_tx */
+
+/* struct ebpfw_flow_key.l3proto */
+#define EBPFW_L3_IPV4		4
+#define EBPFW_L3_IPV6		6
+
+/*
+ * One direction of one connection as it enters the router. Hash key: every
+ * byte, padding included, is written by the BPF side (zeroed first).
+ * Addresses are network order; IPv4 uses saddr[0] / daddr[0], rest zero.
+ */
+struct ebpfw_flow_key {
+	__u32 ifindex;		/* ingress device the program runs on */
+	__u16 vlan[2];		/* VLAN ids as received, [0] outer; 0 = none */
+	__u16 pppoe_sid;	/* PPPoE session id; 0 = none */
+	__u8 dsa_port;		/* DSA source port; EBPFW_NO_DSA_PORT = none */
+	__u8 l3proto;		/* EBPFW_L3_* */
+	__u8 l4proto;		/* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad;
+	__be16 sport;
+	__be16 dport;
+	__u16 pad2;
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
+#define EBPFW_NO_DSA_PORT	0xff
+
+/* struct ebpfw_flow.state */
+enum ebpfw_state {
+	EBPFW_PENDING = 0,	/* seen by the fast path, daemon not decided yet */
+	EBPFW_PASS = 1,		/* daemon decided: leave to the stack */
+	EBPFW_DROP = 2,		/* fw4 drops this flow: drop until expires_ns */
+	EBPFW_FORWARD = 3,	/* conntrack accepted it: rewrite and redirect */
+};
+
+/* struct ebpfw_flow.flags */
+#define EBPFW_F_NAT		(1 << 0)	/* write nat_* addresses and ports */
+#define EBPFW_F_CLOSING		(1 << 1)	/* TCP FIN or RST seen: stack owns it now */
+#define EBPFW_F_TC_ONLY		(1 << 2)	/* egress cannot take XDP frames: XDP passes, TC forwards */
+#define EBPFW_F_PPPOE		(1 << 3)	/* egress in a PPPoE session (pppoe_sid) */
+
+/*
+ * Flow table value. The BPF side creates PENDING entries and updates the
+ * counters, last_seen_ns and the CLOSING flag; everything else is written by
+ * the daemon. Counters are plain adds: a flow's packets arrive on one RX
+ * queue, so a rare lost increment only under-counts.
+ */
+struct ebpfw_flow {
+	__u64 packets;		/* forwarded by the fast path */
+	__u64 bytes;		/* L3 bytes forwarded */
+	__u64 last_seen_ns;	/* bpf_ktime_get_ns() of the last packet seen */
+	__u64 expires_ns;	/* DROP: verdict ends at this time */
+	__u8 state;		/* enum ebpfw_state */
+	__u8 flags;		/* EBPFW_F_* */
+	__u16 mtu;		/* largest L3 packet the egress takes */
+	__u32 oif;		/* egress ifindex (lowest device) */
+	__be32 nat_saddr[4];	/* the packet's tuple after NAT (EBPFW_F_NAT) */
+	__be32 nat_daddr[4];
+	__be16 nat_sport;
+	__be16 nat_dport;
+	__be16 csum_addr;	/* ones' complement diff of the address change */
+	__be16 csum_port;	/* ones' complement diff of the port change */
+	__u8 dmac[6];		/* next hop */
+	__u8 smac[6];		/* egress device */
+	__be16 vlan_tpid;	/* outer tag protocol (802.1Q or 802.1ad) when vlans > 0 */
+	__u16 vlan_tci[2];	/* egress tags, [0] outer */
+	__u16 pppoe_sid;	/* egress PPPoE session (EBPFW_F_PPPOE) */
+	__u8 vlans;		/* egress tags to write: 0, 1 or 2 */
+	__u8 dsa_port;		/* egress DSA port; EBPFW_NO_DSA_PORT = none */
+	__u16 pad;
+};
+
+/* Ring buffer record types */
+enum ebpfw_event_type {
+	EBPFW_EV_NEW = 1,	/* first packet of an unknown flow; a PENDING entry exists */
+	EBPFW_EV_CLOSING = 2,	/* FORWARD flow saw FIN or RST */
+};
+
+struct ebpfw_event {
+	struct ebpfw_flow_key key;
+	__u32 type;		/* enum ebpfw_event_type */
+};
+
+/* Single entry of ebpfw_runtime, written by the daemon */
+struct ebpfw_runtime {
+	__u64 heartbeat_ns;	/* CLOCK_MONOTONIC of the last sweep; stale = fail open */
+};
+
+/* .rodata.config, set by the loader before load */
+struct ebpfw_config {
+	__u64 heartbeat_timeout_ns;	/* older heartbeat: every packet passes */
+};
+
+/* Per-CPU counters in ebpfw_stats, indexed by this enum */
+enum ebpfw_counter {
+	EBPFW_CNT_RX = 0,		/* packets the program saw */
+	EBPFW_CNT_FORWARD,
+	EBPFW_CNT_DROP,
+	EBPFW_CNT_PASS,			/* sum of the pass reasons below */
+	EBPFW_CNT_EVENT_LOST,		/* ring buffer full: daemon misses a flow */
+	EBPFW_CNT_REWRITE_ERROR,	/* a helper failed mid-rewrite: dropped (out of memory) */
+	/* pass reasons */
+	EBPFW_PASS_HEARTBEAT,		/* daemon heartbeat stale: fail open */
+	EBPFW_PASS_MULTICAST,		/* multicast or broadcast destination MAC */
+	EBPFW_PASS_NOT_IP,		/* not IPv4 / IPv6 (ARP, LLDP, PPPoE discovery, ...) */
+	EBPFW_PASS_L2,			/* VLAN depth or PPPoE header not handled */
+	EBPFW_PASS_TRUNCATED,		/* frame shorter than its headers */
+	EBPFW_PASS_IP_OPTIONS,		/* IPv4 header with options */
+	EBPFW_PASS_FRAGMENT,		/* IPv4 fragment */
+	EBPFW_PASS_IPV6_EXT,		/* IPv6 extension header */
+	EBPFW_PASS_L4_PROTO,		/* neither TCP nor UDP */
+	EBPFW_PASS_TCP_SYN,
+	EBPFW_PASS_TCP_CLOSE,		/* FIN or RST */
+	EBPFW_PASS_MISS,		/* unknown flow: PENDING created */
+	EBPFW_PASS_PENDING,		/* daemon not decided yet */
+	EBPFW_PASS_VERDICT,		/* daemon said PASS */
+	EBPFW_PASS_CLOSING,		/* flow is closing */
+	EBPFW_PASS_DROP_EXPIRED,	/* DROP verdict ran out */
+	EBPFW_PASS_TTL,			/* TTL / hop limit <= 1 */
+	EBPFW_PASS_MTU,			/* larger than the egress MTU */
+	EBPFW_PASS_OTHER_HOOK,		/* flow owned by the TC hook */
+	EBPFW_PASS_NO_TX,		/* egress not in ebpfw_tx (XDP) */
+	EBPFW_PASS_UDP_ZERO_CSUM,	/* IPv6 UDP without checksum (invalid) */
+	EBPFW_PASS_L2_REWRITE,		/* this hook cannot do the L2 change */
+	EBPFW_CNT_MAX,
+};
+
+/* The single value of the per-CPU array ebpfw_stats: one lookup per packet */
+struct ebpfw_stats {
+	__u64 counters[EBPFW_CNT_MAX];
+};
+
+#endif /* __EBPFW_ABI_H */

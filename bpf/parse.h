@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * One parse step per header. Each step bounds-checks against the end of the
+ * packet, fills struct pkt and returns 0 or the EBPFW_PASS_* reason that
+ * sends the packet to the stack.
+ */
+#ifndef __EBPFW_PARSE_H
+#define __EBPFW_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include "ebpfw/abi.h"
+
+#define ETH_P_PPP_SES_	0x8864
+#define PPP_IP_		0x0021
+#define PPP_IPV6_	0x0057
+#define PPPOE_HLEN	8	/* PPPoE session header + PPP protocol */
+#define VLAN_HLEN_	4
+#define L2_MAX_LEN	(ETH_HLEN + 2 * VLAN_HLEN_ + PPPOE_HLEN)
+
+#define TCPF_FIN_	0x01
+#define TCPF_SYN_	0x02
+#define TCPF_RST_	0x04
+
+struct vlan_hdr_ {
+	__be16 tci;
+	__be16 proto;
+};
+
+struct pppoe_hdr_ {
+	__u8 ver_type;
+	__u8 code;
+	__be16 sid;
+	__be16 length;		/* PPP payload incl. the protocol field */
+	__be16 ppp_proto;
+};
+
+struct cursor {
+	void *pos;
+	void *end;
+};
+
+/* What the parser learned about one packet */
+struct pkt {
+	struct ebpfw_flow_key key;
+	void *l3;		/* IPv4 / IPv6 header */
+	void *l4;		/* TCP / UDP header */
+	__u16 l2_len;		/* L2 bytes in the packet data before l3 */
+	__u16 l3_len;		/* IPv4 tot_len or IPv6 40 + payload_len */
+	__u16 pppoe_len;	/* PPPoE length field */
+	__u8 vlans;		/* tags in key.vlan (in data or in skb metadata) */
+	__u8 data_vlans;	/* of those, tags in the packet data */
+	__u8 pppoe;		/* PPPoE session header present */
+	__u8 tcp_flags;
+	__u8 l4_hlen;		/* TCP header with options, or UDP */
+	__u8 ttl;
+};
+
+static __always_inline int parse_eth(struct cursor *c, __be16 *proto)
+{
+	struct ethhdr *eth = c->pos;
+
+	if ((void *)(eth + 1) > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	/* group bit: broadcast and multicast never have a routed flow */
+	if (eth->h_dest[0] & 1)
+		return EBPFW_PASS_MULTICAST;
+	*proto = eth->h_proto;
+	c->pos = eth + 1;
+	return 0;
+}
+
+static __always_inline int is_vlan_proto(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* 802.1ad or 802.1Q outer, 802.1Q inner; a third tag goes to the stack */
+static __always_inline int parse_vlan(struct cursor *c, struct pkt *p, __be16 *proto)
+{
+	struct vlan_hdr_ *vh = c->pos;
+
+	if (!is_vlan_proto(*proto))
+		return 0;
+	if (p->vlans >= 2 || (p->vlans == 1 && *proto != bpf_htons(ETH_P_8021Q)))
+		return EBPFW_PASS_L2;
+	if ((void *)(vh + 1) > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	p->key.vlan[p->vlans & 1] = bpf_ntohs(vh->tci) & 0x0fff;
+	p->vlans++;
+	p->data_vlans++;
+	*proto = vh->proto;
+	c->pos = vh + 1;
+	return 0;
+}
+
+static __always_inline int parse_pppoe(struct cursor *c, struct pkt *p, __be16 *proto)
+{
+	struct pppoe_hdr_ *ph = c->pos;
+
+	if (*proto != bpf_htons(ETH_P_PPP_SES_))
+		return 0;
+	if ((void *)(ph + 1) > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	if (ph->ver_type != 0x11 || ph->code != 0)
+		return EBPFW_PASS_L2;
+	if (ph->ppp_proto == bpf_htons(PPP_IP_))
+		*proto = bpf_htons(ETH_P_IP);
+	else if (ph->ppp_proto == bpf_htons(PPP_IPV6_))
+		*proto = bpf_htons(ETH_P_IPV6);
+	else
+		return EBPFW_PASS_NOT_IP;	/* LCP, IPCP, ... */
+	p->key.pppoe_sid = bpf_ntohs(ph->sid);
+	p->pppoe_len = bpf_ntohs(ph->length);
+	p->pppoe = 1;
+	c->pos = ph + 1;
+	return 0;
+}
+
+static __always_inline int parse_ipv4(struct cursor *c, struct pkt *p)
+{
+	struct iphdr *ip = c->pos;
+
+	if ((void *)(ip + 1) > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	if (ip->version != 4)
+		return EBPFW_PASS_NOT_IP;
+	if (ip->ihl != 5)
+		return EBPFW_PASS_IP_OPTIONS;
+	if (ip->frag_off & bpf_htons(0x3fff))	/* MF or an offset */
+		return EBPFW_PASS_FRAGMENT;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return EBPFW_PASS_L4_PROTO;
+	p->l3_len = bpf_ntohs(ip->tot_len);
+	if (p->l3_len < sizeof(*ip) || c->pos + p->l3_len > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	p->key.l3proto = EBPFW_L3_IPV4;
+	p->key.l4proto = ip->protocol;
+	p->key.saddr[0] = ip->saddr;
+	p->key.daddr[0] = ip->daddr;
+	p->ttl = ip->ttl;
+	p->l3 = ip;
+	c->pos = ip + 1;
+	return 0;
+}
+
+static __always_inline int is_ipv6_ext(__u8 nexthdr)
+{
+	switch (nexthdr) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_FRAGMENT:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+	case IPPROTO_MH:
+	case 139:	/* HIP */
+	case 140:	/* shim6 */
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
+{
+	struct ipv6hdr *ip6 = c->pos;
+
+	if ((void *)(ip6 + 1) > c->end)
+		return EBPFW_PASS_TRUNCATED;
+	if (ip6->version != 6)
+		return EBPFW_PASS_NOT_IP;
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return is_ipv6_ext(ip6->nexthdr) ? EBPFW_PASS_IPV6_EXT : EBPFW_PASS_L4_PROTO;
+	p->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (p->l3_len == sizeof(*ip6) || c->pos + p->l3_len > c->end)
+		return EBPFW_PASS_TRUNCATED;	/* jumbogram or cut short */
+	p->key.l3proto = EBPFW_L3_IPV6;
+	p->key.l4proto = ip6->nexthdr;
+	__builtin_memcpy(p->key.saddr, &ip6->saddr, sizeof(p->key.saddr));
+	__builtin_memcpy(p->key.daddr, &ip6->daddr, sizeof(p->key.daddr));
+	p->ttl = ip6->hop_limit;
+	p->l3 = ip6;
+	c->pos = ip6 + 1;
+	return 0;
+}
+
+static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
+{
+	if (p->key.l4proto == IPPROTO_TCP) {
+		struct tcphdr *th = c->pos;
+
+		if ((void *)(th + 1) > c->end)
+			return EBPFW_PASS_TRUNCATED;
+		if (th->doff < 5)
+			return EBPFW_PASS_TRUNCATED;
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->key.sport = th->source;
+		p->key.dport = th->dest;
+		p->l4_hlen = th->doff * 4;
+		p->l4 = th;
+	} else {
+		struct udphdr *uh = c->pos;
+
+		if ((void *)(uh + 1) > c->end)
+			return EBPFW_PASS_TRUNCATED;
+		p->key.sport = uh->source;
+		p->key.dport = uh->dest;
+		p->l4_hlen = sizeof(*uh);
+		p->l4 = uh;
+	}
+	return 0;
+}
+
+/*
+ * Ethernet, up to two VLAN tags, PPPoE, IPv4 / IPv6, TCP / UDP. Tags that the
+ * kernel already moved into skb metadata are in p->vlans on entry.
+ */
+static __always_inline int parse_packet(void *data, void *end, struct pkt *p)
+{
+	struct cursor c = { .pos = data, .end = end };
+	__be16 proto;
+	int ret;
+
+	if ((ret = parse_eth(&c, &proto)))
+		return ret;
+	if ((ret = parse_vlan(&c, p, &proto)))
+		return ret;
+	if ((ret = parse_vlan(&c, p, &proto)))
+		return ret;
+	if (is_vlan_proto(proto))
+		return EBPFW_PASS_L2;
+	if ((ret = parse_pppoe(&c, p, &proto)))
+		return ret;
+	p->l2_len = c.pos - data;
+	if (proto == bpf_htons(ETH_P_IP))
+		ret = parse_ipv4(&c, p);
+	else if (proto == bpf_htons(ETH_P_IPV6))
+		ret = parse_ipv6(&c, p);
+	else
+		ret = EBPFW_PASS_NOT_IP;
+	if (ret)
+		return ret;
+	if (p->pppoe && p->pppoe_len != p->l3_len + 2)
+		return EBPFW_PASS_L2;
+	return parse_l4(&c, p);
+}
+
+#endif /* __EBPFW_PARSE_H */

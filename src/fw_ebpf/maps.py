@@ -1,0 +1,307 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""ctypes mirror of bpf/include/ebpfw/abi.h, with typed encode/decode.
+
+tests/test_abi.py checks every struct here against the BTF of the compiled
+object and every constant against the header, so the two cannot drift.
+Fields declared __be16/__be32 in C hold network-order bytes; the helpers
+below convert, callers never see raw network-order integers.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+FLOWS_DEFAULT = 65536
+EVENTS_BYTES = 256 * 1024
+TX_MAX = 256
+L3_IPV4 = 4
+L3_IPV6 = 6
+NO_DSA_PORT = 0xFF
+
+F_NAT = 1 << 0
+F_CLOSING = 1 << 1
+F_TC_ONLY = 1 << 2
+F_PPPOE = 1 << 3
+
+
+class State(enum.IntEnum):
+    PENDING = 0
+    PASS = 1
+    DROP = 2
+    FORWARD = 3
+
+
+class EventType(enum.IntEnum):
+    NEW = 1
+    CLOSING = 2
+
+
+class Counter(enum.IntEnum):
+    """enum ebpfw_counter: EBPFW_CNT_<name> for totals, EBPFW_PASS_<name> for reasons."""
+
+    RX = 0
+    FORWARD = enum.auto()
+    DROP = enum.auto()
+    PASS = enum.auto()
+    EVENT_LOST = enum.auto()
+    REWRITE_ERROR = enum.auto()
+    PASS_HEARTBEAT = enum.auto()
+    PASS_MULTICAST = enum.auto()
+    PASS_NOT_IP = enum.auto()
+    PASS_L2 = enum.auto()
+    PASS_TRUNCATED = enum.auto()
+    PASS_IP_OPTIONS = enum.auto()
+    PASS_FRAGMENT = enum.auto()
+    PASS_IPV6_EXT = enum.auto()
+    PASS_L4_PROTO = enum.auto()
+    PASS_TCP_SYN = enum.auto()
+    PASS_TCP_CLOSE = enum.auto()
+    PASS_MISS = enum.auto()
+    PASS_PENDING = enum.auto()
+    PASS_VERDICT = enum.auto()
+    PASS_CLOSING = enum.auto()
+    PASS_DROP_EXPIRED = enum.auto()
+    PASS_TTL = enum.auto()
+    PASS_MTU = enum.auto()
+    PASS_OTHER_HOOK = enum.auto()
+    PASS_NO_TX = enum.auto()
+    PASS_UDP_ZERO_CSUM = enum.auto()
+    PASS_L2_REWRITE = enum.auto()
+    MAX = enum.auto()
+
+    @property
+    def c_name(self) -> str:
+        if self.name.startswith("PASS_"):
+            return "EBPFW_" + self.name
+        return "EBPFW_CNT_" + self.name
+
+    @property
+    def is_pass_reason(self) -> bool:
+        return self.name.startswith("PASS_")
+
+
+def _be16(value: int) -> int:
+    return socket.htons(value)
+
+
+class FlowKey(ctypes.Structure):
+    _c_name_ = "ebpfw_flow_key"
+    _fields_ = [
+        ("ifindex", ctypes.c_uint32),
+        ("vlan", ctypes.c_uint16 * 2),
+        ("pppoe_sid", ctypes.c_uint16),
+        ("dsa_port", ctypes.c_uint8),
+        ("l3proto", ctypes.c_uint8),
+        ("l4proto", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("pad2", ctypes.c_uint16),
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+    ]
+
+
+class Flow(ctypes.Structure):
+    _c_name_ = "ebpfw_flow"
+    _fields_ = [
+        ("packets", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("last_seen_ns", ctypes.c_uint64),
+        ("expires_ns", ctypes.c_uint64),
+        ("state", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
+        ("mtu", ctypes.c_uint16),
+        ("oif", ctypes.c_uint32),
+        ("nat_saddr", ctypes.c_uint8 * 16),
+        ("nat_daddr", ctypes.c_uint8 * 16),
+        ("nat_sport", ctypes.c_uint16),
+        ("nat_dport", ctypes.c_uint16),
+        ("csum_addr", ctypes.c_uint16),
+        ("csum_port", ctypes.c_uint16),
+        ("dmac", ctypes.c_uint8 * 6),
+        ("smac", ctypes.c_uint8 * 6),
+        ("vlan_tpid", ctypes.c_uint16),
+        ("vlan_tci", ctypes.c_uint16 * 2),
+        ("pppoe_sid", ctypes.c_uint16),
+        ("vlans", ctypes.c_uint8),
+        ("dsa_port", ctypes.c_uint8),
+        ("pad", ctypes.c_uint16),
+    ]
+
+
+class Event(ctypes.Structure):
+    _c_name_ = "ebpfw_event"
+    _fields_ = [("key", FlowKey), ("type", ctypes.c_uint32)]
+
+
+class Runtime(ctypes.Structure):
+    _c_name_ = "ebpfw_runtime"
+    _fields_ = [("heartbeat_ns", ctypes.c_uint64)]
+
+
+class Config(ctypes.Structure):
+    _c_name_ = "ebpfw_config"
+    _fields_ = [("heartbeat_timeout_ns", ctypes.c_uint64)]
+
+
+class Stats(ctypes.Structure):
+    _c_name_ = "ebpfw_stats"
+    _fields_ = [("counters", ctypes.c_uint64 * Counter.MAX)]
+
+
+ABI_STRUCTS: tuple[type[ctypes.Structure], ...] = (FlowKey, Flow, Event, Runtime, Config, Stats)
+CONFIG_SECTION = ".rodata.config"
+
+
+def _addr_bytes(addr: IPAddress) -> bytes:
+    return addr.packed.ljust(16, b"\0")
+
+
+def _addr(l3proto: int, raw: bytes) -> IPAddress:
+    if l3proto == L3_IPV4:
+        return ipaddress.IPv4Address(bytes(raw[:4]))
+    return ipaddress.IPv6Address(bytes(raw))
+
+
+@dataclass(frozen=True)
+class Tuple:
+    """One direction of a connection as Python values."""
+
+    l4proto: int
+    saddr: IPAddress
+    daddr: IPAddress
+    sport: int
+    dport: int
+
+    @property
+    def l3proto(self) -> int:
+        return L3_IPV4 if self.saddr.version == 4 else L3_IPV6
+
+
+def encode_key(ifindex: int, t: Tuple, vlan: tuple[int, int] = (0, 0), pppoe_sid: int = 0,
+               dsa_port: int = NO_DSA_PORT) -> bytes:
+    if t.saddr.version != t.daddr.version:
+        raise ValueError(f"mixed address families in {t}")
+    key = FlowKey(ifindex=ifindex, pppoe_sid=pppoe_sid, dsa_port=dsa_port, l3proto=t.l3proto,
+                  l4proto=t.l4proto, sport=_be16(t.sport), dport=_be16(t.dport))
+    key.vlan[:] = vlan
+    key.saddr[:] = _addr_bytes(t.saddr)
+    key.daddr[:] = _addr_bytes(t.daddr)
+    return bytes(key)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    ifindex: int
+    tuple: Tuple
+    vlan: tuple[int, int]
+    pppoe_sid: int
+    dsa_port: int
+
+
+def decode_key(raw: bytes) -> KeyInfo:
+    k = FlowKey.from_buffer_copy(raw)
+    t = Tuple(k.l4proto, _addr(k.l3proto, bytes(k.saddr)), _addr(k.l3proto, bytes(k.daddr)),
+              socket.ntohs(k.sport), socket.ntohs(k.dport))
+    return KeyInfo(k.ifindex, t, (k.vlan[0], k.vlan[1]), k.pppoe_sid, k.dsa_port)
+
+
+def csum_diff(old: bytes, new: bytes) -> int:
+    """Folded ones' complement sum of ~old + new over 16-bit big-endian words."""
+    if len(old) != len(new) or len(old) % 2:
+        raise ValueError("csum_diff needs two byte strings of the same even length")
+    total = 0
+    for (o,), (n,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new)):
+        total += (~o & 0xFFFF) + n
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+@dataclass(frozen=True)
+class L2Out:
+    """What the egress needs in front of the IP header."""
+
+    dmac: bytes
+    smac: bytes
+    vlans: tuple[int, ...] = ()      # TCIs, outer first, at most two
+    vlan_tpid: int = 0x8100          # protocol of the outer tag
+    pppoe_sid: int | None = None
+
+
+def _mac(value: bytes | str) -> bytes:
+    if isinstance(value, str):
+        value = bytes.fromhex(value.replace(":", ""))
+    if len(value) != 6:
+        raise ValueError(f"bad MAC address {value!r}")
+    return value
+
+
+def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
+                   tc_only: bool = False) -> bytes:
+    """A FORWARD value for packets matching orig, leaving as post (after NAT)."""
+    if len(l2.vlans) > 2:
+        raise ValueError("at most two VLAN tags")
+    if orig.l4proto != post.l4proto or orig.l3proto != post.l3proto:
+        raise ValueError("NAT cannot change the protocol or the address family")
+    f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, vlans=len(l2.vlans),
+             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=NO_DSA_PORT)
+    if tc_only:
+        f.flags |= F_TC_ONLY
+    if l2.pppoe_sid is not None:
+        f.flags |= F_PPPOE
+        f.pppoe_sid = l2.pppoe_sid
+    for i, tci in enumerate(l2.vlans):
+        f.vlan_tci[i] = tci
+    f.dmac[:] = _mac(l2.dmac)
+    f.smac[:] = _mac(l2.smac)
+    if post != orig:
+        f.flags |= F_NAT
+        old_addrs = orig.saddr.packed + orig.daddr.packed
+        new_addrs = post.saddr.packed + post.daddr.packed
+        f.nat_saddr[:] = _addr_bytes(post.saddr)
+        f.nat_daddr[:] = _addr_bytes(post.daddr)
+        f.nat_sport = _be16(post.sport)
+        f.nat_dport = _be16(post.dport)
+        f.csum_addr = _be16(csum_diff(old_addrs, new_addrs))
+        f.csum_port = _be16(csum_diff(struct.pack("!HH", orig.sport, orig.dport),
+                                      struct.pack("!HH", post.sport, post.dport)))
+    return bytes(f)
+
+
+def encode_verdict(state: State, expires_ns: int = 0) -> bytes:
+    return bytes(Flow(state=state, expires_ns=expires_ns, dsa_port=NO_DSA_PORT))
+
+
+def decode_flow(raw: bytes) -> Flow:
+    return Flow.from_buffer_copy(raw)
+
+
+def decode_event(raw: bytes) -> tuple[EventType, KeyInfo]:
+    ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
+    return EventType(ev.type), decode_key(bytes(ev.key))
+
+
+def encode_config(heartbeat_timeout_s: float) -> bytes:
+    return bytes(Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9)))
+
+
+def encode_runtime(heartbeat_ns: int) -> bytes:
+    return bytes(Runtime(heartbeat_ns=heartbeat_ns))
+
+
+def sum_stats(per_cpu: list[bytes]) -> dict[Counter, int]:
+    """Adds up the per-CPU values of ebpfw_stats."""
+    totals = dict.fromkeys(list(Counter)[:-1], 0)
+    for raw in per_cpu:
+        s = Stats.from_buffer_copy(raw[:ctypes.sizeof(Stats)])
+        for c in totals:
+            totals[c] += s.counters[c]
+    return totals

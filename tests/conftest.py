@@ -1,0 +1,33 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Shared fixtures: the compiled BPF objects (built on demand) and root checks."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ROOT / "build"
+
+
+def native_object() -> Path:
+    return BUILD / ("ebpfw-le.o" if sys.byteorder == "little" else "ebpfw-be.o")
+
+
+@pytest.fixture(scope="session")
+def bpf_build() -> Path:
+    """Runs `make bpf` once per session, so a plain pytest run is never stale."""
+    subprocess.run(["make", "-s", "-C", str(ROOT), "bpf"], check=True)
+    return BUILD
+
+
+@pytest.fixture(scope="session")
+def bpf_object(bpf_build: Path) -> Path:
+    return native_object()
+
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0,
+                                   reason="needs root: loads BPF programs into the kernel")

@@ -1,0 +1,80 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The Python mirror of the ABI matches the compiled objects' BTF and the header."""
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fw_ebpf import maps
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = ROOT / "bpf" / "include" / "ebpfw" / "abi.h"
+
+
+def btf_types(obj: Path) -> dict[int, dict]:
+    out = subprocess.run(["bpftool", "-j", "btf", "dump", "file", str(obj)],
+                         check=True, capture_output=True, text=True).stdout
+    return {t["id"]: t for t in json.loads(out)["types"]}
+
+
+def type_size(types: dict[int, dict], type_id: int) -> int:
+    t = types[type_id]
+    while t["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "RESTRICT"):
+        t = types[t["type_id"]]
+    if t["kind"] == "ARRAY":
+        return t["nr_elems"] * type_size(types, t["type_id"])
+    return t["size"]
+
+
+@pytest.mark.parametrize("endian", ["le", "be"])
+@pytest.mark.parametrize("mirror", maps.ABI_STRUCTS, ids=lambda s: s._c_name_)
+def test_struct_mirror_matches_btf(bpf_build: Path, endian: str, mirror: type[ctypes.Structure]):
+    types = btf_types(bpf_build / f"ebpfw-{endian}.o")
+    found = [t for t in types.values() if t["kind"] == "STRUCT" and t["name"] == mirror._c_name_]
+    assert found, f"struct {mirror._c_name_} is not in the BTF of ebpfw-{endian}.o"
+    btf = found[0]
+    assert btf["size"] == ctypes.sizeof(mirror)
+    assert [m["name"] for m in btf["members"]] == [f[0] for f in mirror._fields_]
+    for member in btf["members"]:
+        field = getattr(mirror, member["name"])
+        assert member["bits_offset"] == field.offset * 8, member["name"]
+        assert type_size(types, member["type_id"]) == field.size, member["name"]
+
+
+def header_constants(names: list[str], tmp_path: Path) -> dict[str, int]:
+    """Values of the header's macros and enumerators, as a C compiler sees them."""
+    prints = "".join(f'\tprintf("{n} %lld\\n", (long long)({n}));\n' for n in names)
+    src = tmp_path / "probe.c"
+    src.write_text(f'#include <stdio.h>\n#include "{HEADER}"\nint main(void)\n{{\n{prints}\treturn 0;\n}}\n')
+    exe = tmp_path / "probe"
+    subprocess.run(["cc", "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {name: int(value) for name, value in (line.split() for line in out.splitlines())}
+
+
+def test_constants_match_header(tmp_path: Path):
+    expected: dict[str, int] = {
+        "EBPFW_FLOWS_DEFAULT": maps.FLOWS_DEFAULT, "EBPFW_EVENTS_BYTES": maps.EVENTS_BYTES,
+        "EBPFW_TX_MAX": maps.TX_MAX, "EBPFW_L3_IPV4": maps.L3_IPV4, "EBPFW_L3_IPV6": maps.L3_IPV6,
+        "EBPFW_NO_DSA_PORT": maps.NO_DSA_PORT, "EBPFW_F_NAT": maps.F_NAT,
+        "EBPFW_F_CLOSING": maps.F_CLOSING, "EBPFW_F_TC_ONLY": maps.F_TC_ONLY,
+        "EBPFW_F_PPPOE": maps.F_PPPOE,
+    }
+    expected |= {f"EBPFW_{s.name}": s.value for s in maps.State}
+    expected |= {f"EBPFW_EV_{e.name}": e.value for e in maps.EventType}
+    expected |= {c.c_name: c.value for c in maps.Counter}
+    assert header_constants(list(expected), tmp_path) == expected
+
+
+def test_every_header_enumerator_is_mirrored():
+    """A counter added to the header without its mirror fails here, not in the field."""
+    text = HEADER.read_text()
+    body = text[text.index("enum ebpfw_counter {"):]
+    body = body[:body.index("};")]
+    c_names = [line.split(",")[0].split("=")[0].strip() for line in body.splitlines()[1:]
+               if line.strip().startswith("EBPFW_")]
+    assert c_names == [c.c_name for c in maps.Counter]
