@@ -1,0 +1,334 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Load the fast-path object, pin its maps, attach it to interfaces and detach it again.
+
+XDP attachments are bpf_links pinned in the pin dir, so they survive a daemon crash and a
+restarted daemon replaces the program in place. TC attachments are a cls_bpf filter with our own
+handle and priority on a clsact qdisc; the qdisc is removed only if we created it and nothing
+else is left on it. The loader never removes what it did not attach.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from fw_ebpf import libbpf
+from fw_ebpf.libbpf import BpfError, BpfMap, BpfObject, Link
+
+log = logging.getLogger("fw_ebpf.loader")
+
+BPFFS = "/sys/fs/bpf"
+DEFAULT_PIN_DIR = f"{BPFFS}/ebpfw"
+ROUTER_OBJ_DIR = "/lib/bpf"
+DEV_OBJ_DIR = str(Path(__file__).resolve().parents[2] / "build")  # repo checkout
+
+RODATA_SECTION = ".rodata.config"
+FLOWS_MAP = "ebpfw_flows"
+PINNED_MAPS = (FLOWS_MAP, "ebpfw_stats", "ebpfw_tx", "ebpfw_runtime")
+XDP_PROG, TC_PROG = "ebpfw_xdp", "ebpfw_tc"
+
+# cls_bpf identity on clsact ingress. qosify uses prio 0x110.., bridger 0xbb00..0xbb03; lower
+# prio runs first, so ours runs after both and never hides their classification.
+TC_HANDLE = 0xEB
+TC_PRIORITY = 0xEB00
+TC_PARENT_INGRESS, TC_PARENT_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
+
+MODES = ("xdp", "xdp-generic", "tc", "auto")
+AUTO_ORDER = ("xdp", "xdp-generic", "tc")
+_XDP_MODE = {"xdp": "native", "xdp-generic": "generic"}
+
+
+def object_name() -> str:
+    return "ebpfw-le.o" if sys.byteorder == "little" else "ebpfw-be.o"
+
+
+def default_object_dir() -> str:
+    """/lib/bpf on a router, the checkout's build/ in development."""
+    if os.path.exists(os.path.join(ROUTER_OBJ_DIR, object_name())):
+        return ROUTER_OBJ_DIR
+    return DEV_OBJ_DIR
+
+
+def xdp_prog_ids(ifindex: int) -> dict[str, int]:
+    """XDP programs on an interface as the kernel reports them: {"native"|"generic": prog id}."""
+    with IPRoute() as ipr:
+        links = ipr.get_links(ifindex)
+    xdp = links[0].get_attr("IFLA_XDP") if links else None
+    if xdp is None:
+        return {}
+    # the kernel always adds the per-mode ids (rtnl_xdp_report_one), whatever IFLA_XDP_ATTACHED
+    # says; pyroute2 versions decode that one differently, so it is not used
+    ids = {"native": xdp.get_attr("IFLA_XDP_DRV_PROG_ID"),
+           "generic": xdp.get_attr("IFLA_XDP_SKB_PROG_ID")}
+    return {k: v for k, v in ids.items() if v}
+
+
+def tc_filter_count(ifindex: int) -> int:
+    """Filters (anyone's) on the clsact qdisc of an interface, both directions."""
+    count = 0
+    with IPRoute() as ipr:
+        for parent in (TC_PARENT_INGRESS, TC_PARENT_EGRESS):
+            with contextlib.suppress(NetlinkError):
+                count += len(list(ipr.get_filters(index=ifindex, parent=parent)))
+    return count
+
+
+def _bpffs_mounted(path: str = BPFFS) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1:3] == [path, "bpf"] for line in f)
+
+
+def _mount_bpffs(path: str = BPFFS) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"bpf", path.encode(), b"bpf", ctypes.c_ulong(0), b"mode=0700") != 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"{path}: cannot mount bpffs: {os.strerror(err)}")
+    log.info("mounted bpffs at %s", path)
+
+
+@dataclass
+class _Attachment:
+    mode: str
+    ifindex: int
+    link: Link | None = None  # XDP
+    created_clsact: bool = False  # TC
+
+
+class Loader:
+    def __init__(self, obj_path: str | None = None, *, obj_dir: str | None = None,
+                 pin_dir: str = DEFAULT_PIN_DIR, flows_max: int | None = None,
+                 config: bytes | None = None) -> None:
+        self.obj_path = obj_path or os.path.join(obj_dir or default_object_dir(), object_name())
+        self.pin_dir = pin_dir
+        self.flows_max = flows_max
+        self.config = config  # .rodata.config contents, e.g. bytes(fw_ebpf.maps.Config(...))
+        self.obj: BpfObject | None = None
+        self._attached: dict[str, _Attachment] = {}
+
+    # ---- load / pins ----
+
+    def _pin_path(self, name: str) -> str:
+        return os.path.join(self.pin_dir, name)
+
+    def _link_pin(self, ifname: str) -> str:
+        return self._pin_path(f"link-xdp-{ifname}")
+
+    def load(self) -> None:
+        if self.obj is not None:
+            return
+        if os.path.commonpath([os.path.abspath(self.pin_dir), BPFFS]) == BPFFS \
+                and not _bpffs_mounted():
+            _mount_bpffs()
+        os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
+        obj = BpfObject(self.obj_path)
+        try:
+            if self.config is not None:
+                obj.set_rodata(RODATA_SECTION, bytes(self.config))
+            if self.flows_max is not None:
+                obj.set_max_entries(FLOWS_MAP, self.flows_max)
+            reused = []
+            for name in PINNED_MAPS:
+                path = self._pin_path(name)
+                if os.path.exists(path) and self._pin_compatible(obj.map(name), path):
+                    reused.append(name)
+                obj.set_pin_path(name, path)
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        log.info("loaded %s (libbpf %s); maps in %s%s", self.obj_path, libbpf.libbpf_version(),
+                 self.pin_dir, f", re-adopted {', '.join(reused)}" if reused else "")
+
+    @staticmethod
+    def _pin_compatible(want: BpfMap, path: str) -> bool:
+        """A pinned map libbpf cannot reuse (other flows_max, new ABI) would fail the load:
+        drop it and start empty; the daemon re-learns flows from conntrack anyway."""
+        try:
+            with libbpf.open_pinned_map(path) as have:
+                shape = (have.type, have.key_size, have.value_size, have.max_entries, have.flags)
+        except BpfError as e:
+            log.warning("%s: unusable pin, removing it (%s)", path, e)
+            os.unlink(path)
+            return False
+        if shape == (want.type, want.key_size, want.value_size, want.max_entries, want.flags):
+            return True
+        log.warning("%s: pinned map has another layout (type, key, value, entries, flags = %s; "
+                    "object wants %s); starting it empty", path, shape,
+                    (want.type, want.key_size, want.value_size, want.max_entries, want.flags))
+        os.unlink(path)
+        return False
+
+    def _loaded(self) -> BpfObject:
+        if self.obj is None:
+            raise BpfError(errno.EINVAL, f"{self.obj_path}: not loaded; call load() first")
+        return self.obj
+
+    def map(self, name: str) -> BpfMap:
+        return self._loaded().map(name)
+
+    # ---- attach / detach ----
+
+    @property
+    def attachments(self) -> dict[str, str]:
+        return {ifname: a.mode for ifname, a in self._attached.items()}
+
+    def attach(self, ifname: str, mode: str = "auto") -> str:
+        """Attach to ifname; returns the mode used ("auto" tries xdp, xdp-generic, tc)."""
+        if mode not in MODES:
+            raise ValueError(f"{ifname}: unknown attach mode {mode!r} "
+                             f"(use one of {', '.join(MODES)})")
+        self._loaded()
+        try:
+            ifindex = socket.if_nametoindex(ifname)
+        except OSError:
+            raise BpfError(errno.ENODEV, f"{ifname}: no such interface") from None
+        current = self._attached.get(ifname)
+        if current is not None:
+            if current.ifindex == ifindex and mode in ("auto", current.mode):
+                return current.mode
+            self.detach(ifname)
+        if mode != "auto":
+            self._attached[ifname] = self._attach_mode(ifname, ifindex, mode)
+            return mode
+        failures: list[BpfError] = []
+        for candidate in AUTO_ORDER:
+            try:
+                self._attached[ifname] = self._attach_mode(ifname, ifindex, candidate)
+            except BpfError as e:
+                failures.append(e)
+                log.debug("%s: mode %s failed: %s", ifname, candidate, e)
+                continue
+            why = "; ".join(f"{m} failed: {e}" for m, e in zip(AUTO_ORDER, failures))
+            log.info("%s: attached with mode %s%s", ifname, candidate, f" ({why})" if why else "")
+            return candidate
+        raise BpfError(failures[-1].errno or errno.EINVAL, f"{ifname}: no attach mode worked: "
+                       + "; ".join(f"{m}: {e}" for m, e in zip(AUTO_ORDER, failures)))
+
+    def _attach_mode(self, ifname: str, ifindex: int, mode: str) -> _Attachment:
+        if mode == "tc":
+            return self._attach_tc(ifname, ifindex)
+        return self._attach_xdp(ifname, ifindex, mode)
+
+    def _attach_xdp(self, ifname: str, ifindex: int, mode: str) -> _Attachment:
+        prog, pin = self._loaded().program(XDP_PROG), self._link_pin(ifname)
+        link = self._adopt_link(ifname, ifindex, _XDP_MODE[mode], prog.fd)
+        if link is None:
+            link = libbpf.xdp_attach(prog, ifindex, _XDP_MODE[mode])
+            try:
+                link.pin(pin)
+            except BaseException:
+                link.close()  # never pinned: closing detaches
+                raise
+        return _Attachment(mode, ifindex, link=link)
+
+    def _adopt_link(self, ifname: str, ifindex: int, xdp_mode: str, prog_fd: int) -> Link | None:
+        """Re-adopt the link a previous run pinned (no gap in forwarding), or clear it away."""
+        pin = self._link_pin(ifname)
+        if not os.path.exists(pin):
+            return None
+        try:
+            link = libbpf.open_pinned_link(pin)
+        except BpfError as e:
+            log.warning("%s: removing unusable pin %s (%s)", ifname, pin, e)
+            os.unlink(pin)
+            return None
+        try:
+            info = link.info()
+            if info.ifindex == ifindex and xdp_prog_ids(ifindex).get(xdp_mode) == info.prog_id:
+                link.update_program(prog_fd)
+                log.info("%s: re-adopted pinned XDP link, program replaced", ifname)
+                return link
+            # a link of ours for a vanished interface or another mode: pin dir is ours
+            with contextlib.suppress(BpfError):
+                link.detach()
+        except BaseException:
+            link.close()
+            raise
+        link.unpin(pin)
+        link.close()
+        return None
+
+    def _attach_tc(self, ifname: str, ifindex: int) -> _Attachment:
+        prog = self._loaded().program(TC_PROG)
+        created = libbpf.tc_hook_create(ifindex)
+        try:
+            # replace: a filter at our handle/priority is ours from an earlier run
+            libbpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=True)
+        except BaseException:
+            if created:
+                libbpf.tc_hook_destroy(ifindex)
+            raise
+        return _Attachment("tc", ifindex, created_clsact=created)
+
+    def detach(self, ifname: str) -> None:
+        """Remove what this loader attached to ifname (and a stale XDP link pin of ours)."""
+        att = self._attached.pop(ifname, None)
+        pin = self._link_pin(ifname)
+        if att is None:
+            if os.path.exists(pin):
+                with libbpf.open_pinned_link(pin) as link:
+                    with contextlib.suppress(BpfError):
+                        link.detach()
+                    link.unpin(pin)
+            return
+        if att.link is not None:
+            att.link.unpin(pin)
+            att.link.close()  # last reference: the kernel detaches the program
+        elif _ifindex_alive(att.ifindex):  # else the device took its filters along
+            libbpf.tc_detach(att.ifindex, TC_HANDLE, TC_PRIORITY)
+            if att.created_clsact and tc_filter_count(att.ifindex) == 0:
+                libbpf.tc_hook_destroy(att.ifindex)
+        log.info("%s: detached (%s)", ifname, att.mode)
+
+    def detach_all(self) -> None:
+        errors = []
+        for ifname in list(self._attached):
+            try:
+                self.detach(ifname)
+            except (BpfError, OSError) as e:
+                errors.append(e)
+                log.error("%s", e)
+        if errors:
+            raise errors[0]
+
+    def unpin(self) -> None:
+        """Remove the map pins (call after detach_all, on a clean stop) and the empty pin dir."""
+        for name in PINNED_MAPS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._pin_path(name))
+        with contextlib.suppress(OSError):
+            os.rmdir(self.pin_dir)
+
+    def close(self) -> None:
+        """Drop our fds; attachments and pins stay for the next run (see detach_all/unpin)."""
+        for att in self._attached.values():
+            if att.link is not None:
+                att.link.close()
+        self._attached.clear()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ifindex_alive(ifindex: int) -> bool:
+    try:
+        socket.if_indextoname(ifindex)
+        return True
+    except OSError:
+        return False
