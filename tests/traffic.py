@@ -1,0 +1,137 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Echo traffic for the lab: `server` echoes TCP and UDP on a port; `client` sends numbered,
+checksummed messages, verifies every echo and prints one JSON line with what it saw.
+
+Run inside a namespace: ip netns exec NS python3 traffic.py server --port 5201
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+HDR = struct.Struct("!I16s")   # sequence number, md5 of the payload
+
+
+def message(seq: int, size: int) -> bytes:
+    payload = (seq.to_bytes(4, "big") * (size // 4 + 1))[:max(0, size - HDR.size)]
+    return HDR.pack(seq, hashlib.md5(payload).digest()) + payload
+
+
+def verify(msg: bytes, size: int) -> int | None:
+    """The sequence number if the message is intact, else None."""
+    if len(msg) != size:
+        return None
+    seq, digest = HDR.unpack_from(msg)
+    return seq if hashlib.md5(msg[HDR.size:]).digest() == digest else None
+
+
+def _dual_stack(kind: int, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", port))
+    return sock
+
+
+def serve(port: int) -> None:
+    tcp = _dual_stack(socket.SOCK_STREAM, port)
+    tcp.listen(128)
+    udp = _dual_stack(socket.SOCK_DGRAM, port)
+
+    def echo_tcp(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept() -> None:
+        while True:
+            conn, _ = tcp.accept()
+            threading.Thread(target=echo_tcp, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    # answer from the address asked, not the one routing picks (the server's is on lo)
+    udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    print("ready", flush=True)
+    while True:
+        data, ancillary, _flags, peer = udp.recvmsg(65536, socket.CMSG_SPACE(20))
+        pktinfo = [c for c in ancillary if c[:2] == (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)]
+        udp.sendmsg([data], pktinfo, 0, peer)
+
+
+def client(proto: str, host: str, port: int, count: int, size: int, interval: float,
+           sport: int, hold: float) -> dict:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sport:
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
+    sock.settimeout(2.0)
+    sock.connect((host, port))
+    result = {"sent": 0, "received": 0, "corrupt": 0, "lost": 0,
+              "sport": sock.getsockname()[1], "seconds": 0.0}
+    start = time.monotonic()
+    pending = b""
+    for seq in range(count):
+        msg = message(seq, size)
+        try:
+            sock.sendall(msg) if kind == socket.SOCK_STREAM else sock.send(msg)
+            result["sent"] += 1
+            if kind == socket.SOCK_STREAM:
+                while len(pending) < size:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    pending += chunk
+                echo, pending = pending[:size], pending[size:]
+            else:
+                echo = sock.recv(65536)
+        except (socket.timeout, ConnectionError, OSError):
+            result["lost"] += 1
+            if kind == socket.SOCK_STREAM:
+                break
+            continue
+        if verify(echo, size) == seq:
+            result["received"] += 1
+        else:
+            result["corrupt"] += 1
+        if interval:
+            time.sleep(interval)
+    result["seconds"] = round(time.monotonic() - start, 3)
+    if hold:
+        time.sleep(hold)
+    sock.close()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("server")
+    s.add_argument("--port", type=int, default=5201)
+    c = sub.add_parser("client")
+    c.add_argument("proto", choices=("tcp", "udp"))
+    c.add_argument("host")
+    c.add_argument("port", type=int)
+    c.add_argument("--count", type=int, default=100)
+    c.add_argument("--size", type=int, default=1000)
+    c.add_argument("--interval", type=float, default=0.0)
+    c.add_argument("--sport", type=int, default=0)
+    c.add_argument("--hold", type=float, default=0.0, help="keep the socket open this long after")
+    args = p.parse_args()
+    if args.cmd == "server":
+        serve(args.port)
+        return 0
+    print(json.dumps(client(args.proto, args.host, args.port, args.count, args.size,
+                            args.interval, args.sport, args.hold)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
