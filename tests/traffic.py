@@ -65,7 +65,7 @@ def serve(port: int) -> None:
 
 
 def client(proto: str, host: str, port: int, count: int, size: int, interval: float,
-           sport: int, hold: float) -> dict:
+           sport: int, hold: float, rst: bool = False) -> dict:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)
@@ -106,6 +106,9 @@ def client(proto: str, host: str, port: int, count: int, size: int, interval: fl
     result["seconds"] = round(time.monotonic() - start, 3)
     if hold:
         time.sleep(hold)
+    if rst and kind == socket.SOCK_STREAM:
+        # linger 0: close() sends a RST instead of a FIN
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
     return result
 
@@ -124,12 +127,13 @@ def main() -> int:
     c.add_argument("--interval", type=float, default=0.0)
     c.add_argument("--sport", type=int, default=0)
     c.add_argument("--hold", type=float, default=0.0, help="keep the socket open this long after")
+    c.add_argument("--rst", type=int, default=0, help="1: end a TCP connection with a RST")
     args = p.parse_args()
     if args.cmd == "server":
         serve(args.port)
         return 0
     print(json.dumps(client(args.proto, args.host, args.port, args.count, args.size,
-                            args.interval, args.sport, args.hold)), flush=True)
+                            args.interval, args.sport, args.hold, bool(args.rst))), flush=True)
     return 0
 
 

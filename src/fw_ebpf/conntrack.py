@@ -89,6 +89,10 @@ _EVENTS_RCVBUF = 8 << 20
 _RECV_SIZE = 1 << 17
 
 
+IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
+NLA_F_NESTED = 1 << 15
+
+
 class ConntrackError(Exception):
     """A ctnetlink failure with a one-line message a user can act on."""
 
@@ -214,23 +218,40 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", 4 + len(payload), kind) + payload + bytes(-len(payload) % 4)
 
 
-def encode_refresh(seq: int, flags: int, t: Tuple, timeout: int) -> bytes:
-    """CT_NEW(orig tuple, timeout) without NLM_F_CREATE: an update of an existing entry.
-
-    Hand-packed because pyroute2 takes ~110 us per message, which is most of a 10k refresh;
-    tests check it byte for byte against encode_request(), so the two cannot drift.
-    """
+def _orig_tuple_nla(t: Tuple) -> bytes:
     if t.saddr.version == 4:
         ip = _nla(1, t.saddr.packed) + _nla(2, t.daddr.packed)
     else:
         ip = _nla(3, t.saddr.packed) + _nla(4, t.daddr.packed)
     proto = (_nla(1, struct.pack("B", t.l4proto)) + _nla(2, struct.pack("!H", t.sport))
              + _nla(3, struct.pack("!H", t.dport)))
-    body = (struct.pack("=BBH", _family(t), 0, 0)
-            + _nla(1, _nla(1, ip) + _nla(2, proto))       # CTA_TUPLE_ORIG
-            + _nla(7, struct.pack("!I", timeout)))        # CTA_TIMEOUT
+    return _nla(1, _nla(1, ip) + _nla(2, proto))          # CTA_TUPLE_ORIG
+
+
+def _update(seq: int, flags: int, t: Tuple, attrs: bytes) -> bytes:
+    body = struct.pack("=BBH", _family(t), 0, 0) + _orig_tuple_nla(t) + attrs
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW,
                        flags, seq, 0) + body
+
+
+def encode_refresh(seq: int, flags: int, t: Tuple, timeout: int) -> bytes:
+    """CT_NEW(orig tuple, timeout) without NLM_F_CREATE: an update of an existing entry.
+
+    Hand-packed because pyroute2 takes ~110 us per message, which is most of a 10k refresh;
+    tests check it byte for byte against encode_request(), so the two cannot drift.
+    """
+    return _update(seq, flags, t, _nla(7, struct.pack("!I", timeout)))   # CTA_TIMEOUT
+
+
+def encode_liberal(seq: int, flags: int, t: Tuple) -> bytes:
+    """CT_NEW(orig tuple, TCP flags BE_LIBERAL in both directions), as nft flow offload does.
+
+    Packets the fast path carries never reach conntrack, so its TCP window goes stale and the
+    closing FIN would be out of window (INVALID, dropped by fw4's NAT-leak rule).
+    """
+    liberal = struct.pack("BBxx", IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
+    tcp = _nla(4, liberal[:2]) + _nla(5, liberal[:2])     # CTA_PROTOINFO_TCP_FLAGS_ORIG/REPLY
+    return _update(seq, flags, t, _nla(4 | NLA_F_NESTED, _nla(1 | NLA_F_NESTED, tcp)))
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -504,6 +525,17 @@ class Conntrack:
                         log.warning("conntrack refresh: %s", os.strerror(m.error))
                 if m.seq == last:
                     return len(batch) - failed
+
+    def set_liberal(self, orig: Tuple) -> bool:
+        """Stop TCP window checks on an entry the fast path is about to carry."""
+        seq = self._next_seq()
+        self._send(encode_liberal(seq, NLM_F_REQUEST | NLM_F_ACK, orig))
+        while True:
+            for m in self._recv():
+                if m.type == NLMSG_ERROR and m.seq == seq:
+                    if m.error and m.error not in (errno.ENOENT, errno.ETIME):
+                        raise _ct_error(m.error, "set liberal")
+                    return not m.error
 
     @staticmethod
     def established_timeout(l4proto: int) -> int:

@@ -245,14 +245,14 @@ def _mac(value: bytes | str) -> bytes:
 
 
 def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
-                   tc_only: bool = False) -> bytes:
+                   tc_only: bool = False, last_seen_ns: int = 0) -> bytes:
     """A FORWARD value for packets matching orig, leaving as post (after NAT)."""
     if len(l2.vlans) > 2:
         raise ValueError("at most two VLAN tags")
     if orig.l4proto != post.l4proto or orig.l3proto != post.l3proto:
         raise ValueError("NAT cannot change the protocol or the address family")
     f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, vlans=len(l2.vlans),
-             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=NO_DSA_PORT)
+             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=NO_DSA_PORT, last_seen_ns=last_seen_ns)
     if tc_only:
         f.flags |= F_TC_ONLY
     if l2.pppoe_sid is not None:
@@ -287,6 +287,12 @@ def decode_flow(raw: bytes) -> Flow:
 def decode_event(raw: bytes) -> tuple[EventType, KeyInfo]:
     ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
     return EventType(ev.type), decode_key(bytes(ev.key))
+
+
+def split_event(raw: bytes) -> tuple[int, bytes]:
+    """(event type, raw flow key) of a ring buffer record."""
+    ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
+    return ev.type, bytes(ev.key)
 
 
 def encode_config(heartbeat_timeout_s: float) -> bytes:

@@ -1,0 +1,542 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""The ebpfw daemon: one event loop that keeps the fast path's flow table true.
+
+Sources: the fast path's ring buffer (new and closing flows), conntrack events, rtnetlink
+events, the control socket, signals and a sweep timer. The daemon owns all state; every
+handler runs to completion in the loop, so nothing here needs a lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import heapq
+from collections import deque
+import logging
+import selectors
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pyroute2 import IPRoute
+
+from fw_ebpf import api, maps
+from fw_ebpf.config import Settings
+from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
+from fw_ebpf.control import DEFAULT_PATH, ControlServer
+from fw_ebpf.flows import FlowBook, FlowRecord
+from fw_ebpf.libbpf import BpfMap, RingBuffer
+from fw_ebpf.loader import DEFAULT_PIN_DIR, Loader
+from fw_ebpf.maps import State
+from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
+from fw_ebpf import conntrack as ctmod
+from fw_ebpf import nexthop as nhmod
+
+log = logging.getLogger("fw_ebpf.daemon")
+
+# Conntrack confirms a flow only after its first packet left the stack: retry this soon
+RETRY_DELAYS = (0.005, 0.02, 0.1, 0.5)
+# A PENDING entry nobody could admit is removed after this, so a later packet asks again
+PENDING_TTL = 10.0
+# Ineligible for good: write PASS rather than asking conntrack on every retry
+FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
+SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "ets"})
+
+_VALUE = struct.Struct("=QQQQBB")   # packets, bytes, last_seen_ns, expires_ns, state, flags
+
+
+@dataclass(frozen=True)
+class Paths:
+    object_dir: str | None = None
+    pin_dir: str = DEFAULT_PIN_DIR
+    control: str = DEFAULT_PATH
+    config: str | None = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, paths: Paths,
+                 reload_settings: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self.paths = paths
+        self._reload_settings = reload_settings
+        self.book = FlowBook()
+        self.started = time.monotonic()
+        self._stopping = False
+        self._reload = False
+        self._ring_events: list[bytes] = []
+        self._retries: list[tuple[float, int, bytes]] = []
+        self._retry_seq = 0
+        self._next_sweep = 0.0
+        self._revalidate = False
+        self._shaped_cache: dict[int, tuple[float, bool]] = {}
+        self.last_sweep_s = 0.0
+        self._modes: dict[int, str] = {}     # attached ifindex -> hook mode
+        self._ct_expiry: dict[maps.Tuple, float] = {}   # offloaded connection -> conntrack timeout
+        self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Starts every subsystem in order, runs the loop, stops them in reverse."""
+        with contextlib.ExitStack() as stack:
+            self._start_fastpath(stack)
+            self.conntrack = stack.enter_context(Conntrack())
+            self.ct_events = stack.enter_context(ConntrackEvents())
+            self.resolver = stack.enter_context(NextHopResolver())
+            self.rt_events = stack.enter_context(RtEvents())
+            self._readopt()
+            self._attach_interfaces(stack)
+            self.ring = stack.enter_context(RingBuffer(self.loader.map("ebpfw_events"),
+                                                       self._on_ring_record))
+            self.control = ControlServer(self.paths.control, api.handlers(self))
+            stack.callback(self.control.close)
+            self._loop()
+        log.info("stopped")
+        return 0
+
+    def _start_fastpath(self, stack: contextlib.ExitStack) -> None:
+        s = self.settings
+        self.loader = Loader(obj_dir=self.paths.object_dir, pin_dir=self.paths.pin_dir,
+                             flows_max=s.flows_max, config=maps.encode_config(s.heartbeat_timeout))
+        stack.callback(self.loader.close)
+        self.loader.load()
+        # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
+        stack.callback(self.loader.unpin)
+        stack.callback(self.loader.detach_all)
+        self.flows_map: BpfMap = self.loader.map("ebpfw_flows")
+        self.stats_map: BpfMap = self.loader.map("ebpfw_stats")
+        self.tx_map: BpfMap = self.loader.map("ebpfw_tx")
+        self.runtime_map: BpfMap = self.loader.map("ebpfw_runtime")
+        self._heartbeat()
+
+    def _attach_interfaces(self, stack: contextlib.ExitStack) -> None:
+        names = self._interface_names()
+        if not names:
+            raise RuntimeError("no interface to attach to (option 'interface')")
+        for ifname in names:
+            mode = self.loader.attach(ifname, self.settings.mode_of(ifname))
+            log.info("%s: attached (%s)", ifname, mode)
+        self._update_modes()
+
+    def _update_modes(self) -> None:
+        self._modes = {socket.if_nametoindex(n): m for n, m in self.loader.attachments.items()}
+
+    def _interface_names(self) -> list[str]:
+        wanted = list(self.settings.interfaces)
+        if wanted != ["auto"]:
+            return wanted
+        return lowest_devices()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+        sel.register(wake_r, selectors.EVENT_READ, lambda: wake_r.recv(4096))
+        sel.register(self.ring.fileno(), selectors.EVENT_READ, self._drain_ring)
+        sel.register(self.ct_events.fileno(), selectors.EVENT_READ, self._on_conntrack)
+        sel.register(self.rt_events.fileno(), selectors.EVENT_READ, self._on_rtnetlink)
+        sel.register(self.control.fileno(), selectors.EVENT_READ, self.control.serve_ready)
+        log.info("running: %d interfaces, %d flows re-adopted",
+                 len(self.loader.attachments), len(self.book.in_state(State.FORWARD)))
+        try:
+            while not self._stopping:
+                for key, _ in sel.select(self._timeout()):
+                    key.data()
+                self._drain_ring()
+                if self._revalidate:
+                    self._revalidate = False
+                    self._revalidate_all()
+                self._run_retries()
+                if time.monotonic() >= self._next_sweep:
+                    self.sweep()
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+            sel.close()
+            wake_r.close()
+            wake_w.close()
+
+    def _timeout(self) -> float:
+        deadline = self._next_sweep
+        if self._retries:
+            deadline = min(deadline, self._retries[0][0])
+        return max(0.0, deadline - time.monotonic())
+
+    # -- fast-path events -----------------------------------------------------------------------
+
+    def _on_ring_record(self, raw: bytes) -> None:
+        self._ring_events.append(raw)    # decided after consume() returns, not in the callback
+
+    def _drain_ring(self) -> None:
+        self.ring.consume()
+        events = self._ring_events[:]
+        self._ring_events.clear()
+        for raw in events:
+            kind, key = maps.split_event(raw)
+            log.debug("fast path event %d: %s", kind, maps.decode_key(key).tuple)
+            if kind == maps.EventType.NEW:
+                self._admit(self.book.add(key))
+            elif kind == maps.EventType.CLOSING:
+                rec = self.book.get(key)
+                log.debug("closing: %s", rec.info.tuple if rec else key.hex())
+                if rec is not None and rec.ct is not None:
+                    self.evict_connection(rec.ct, "tcp close")
+                else:
+                    self._evict(key, "tcp close")
+
+    def _schedule_retry(self, rec: FlowRecord, attempt: int) -> None:
+        if attempt < len(RETRY_DELAYS):
+            self._retry_seq += 1
+            heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAYS[attempt],
+                                           self._retry_seq, rec.key))
+            rec.attempts = attempt + 1
+            rec.reason = "waiting for conntrack"
+
+    def _run_retries(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            _, _, key = heapq.heappop(self._retries)
+            rec = self.book.get(key)
+            if rec is not None and rec.state == State.PENDING:
+                self._admit(rec, attempt=rec.attempts)
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def _admit(self, rec: FlowRecord, attempt: int = 0) -> None:
+        """Decides a PENDING flow: FORWARD both directions when conntrack and routing agree."""
+        if rec.state != State.PENDING:
+            return
+        found = self.conntrack.lookup(rec.info.tuple)
+        if found is None:
+            self._schedule_retry(rec, attempt)
+            return
+        entry, direction = found
+        self.book.bind(rec, entry.orig, direction)
+        self._offload(entry, rec, direction)
+
+    def _offload(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> None:
+        why = entry.ineligible_reason()
+        if why is not None:
+            rec.reason = why
+            if why.startswith(FINAL_REASONS):
+                self._write_verdict(rec, State.PASS, why)
+            return   # conntrack update events bring it back when it becomes eligible
+        if entry.orig.l4proto == socket.IPPROTO_TCP and entry.orig not in self._ct_expiry:
+            self.conntrack.set_liberal(entry.orig)
+        nh = self._forward(entry, rec, direction)
+        if nh is None:
+            return
+        self._ct_expiry.setdefault(entry.orig, time.monotonic() + entry.timeout)
+        # the reply enters where this direction leaves (symmetric routing); if not, its own
+        # first packet asks for it like any other flow
+        other = Direction.REPLY if direction == Direction.ORIGINAL else Direction.ORIGINAL
+        if nh.oif not in self._modes:
+            return
+        vids = tuple(t & 0x0FFF for t in nh.vlans) + (0, 0)
+        other_key = maps.encode_key(nh.oif, entry.ingress(other), vlan=(vids[0], vids[1]))
+        other_rec = self.book.add(other_key)
+        if other_rec.state == State.PENDING:
+            self.book.bind(other_rec, entry.orig, other)
+            self._forward(entry, other_rec, other)
+
+    def _forward(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> NextHop | None:
+        ingress, egress = entry.ingress(direction), entry.egress(direction)
+        try:
+            iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
+            nh = self.resolver.resolve(egress.daddr, ingress.saddr, iif, mark=entry.mark)
+        except Unresolved as e:
+            rec.reason = f"next hop: {e.reason}"
+            if rec.state == State.FORWARD:
+                self._write_verdict(rec, State.PENDING, rec.reason)
+            return None
+        tc_only = self._needs_tc(rec.info.ifindex, nh.oif)
+        if tc_only is None:
+            self._write_verdict(rec, State.PASS, "egress needs the tc hook, ingress has none")
+            return None
+        value = maps.encode_forward(ingress, egress, nh.oif, nh.mtu,
+                                    maps.L2Out(nh.dmac, nh.smac, nh.vlans, nh.vlan_tpid),
+                                    tc_only=tc_only, last_seen_ns=time.monotonic_ns())
+        self.tx_map.update(struct.pack("=I", nh.oif), struct.pack("=I", nh.oif))
+        old = self.flows_map.lookup(rec.key)
+        if rec.state == State.FORWARD:
+            value = _keep_counters(old, value)
+        self.flows_map.update(rec.key, value)
+        if rec.state == State.PENDING and old is not None:
+            # a PENDING entry's last_seen is when the fast path saw the flow's first packet
+            first_ns = _VALUE.unpack_from(old)[2]
+            if first_ns:
+                self.admission_ms.append((time.monotonic_ns() - first_ns) / 1e6)
+        rec.state, rec.reason, rec.nexthop, rec.egress, rec.tc_only = \
+            State.FORWARD, "offloaded", nh, egress, tc_only
+        log.debug("forward %s -> %s via ifindex %d", ingress, egress, nh.oif)
+        return nh
+
+    def _needs_tc(self, in_ifindex: int, oif: int) -> bool | None:
+        """Whether the flow must be forwarded from TC; None if the ingress hook cannot do it.
+
+        XDP redirect skips the egress qdisc (shaping) and needs a driver that transmits XDP
+        frames; only an egress carrying our native XDP program is trusted to have one.
+        """
+        modes = self._modes
+        in_mode = modes.get(in_ifindex)
+        shaped = self._egress_shaped(oif)
+        if in_mode == "tc":
+            return True
+        if in_mode == "xdp-generic" and not shaped:
+            return False
+        if in_mode == "xdp" and not shaped and modes.get(oif) == "xdp":
+            return False
+        return None
+
+    def _egress_shaped(self, ifindex: int) -> bool:
+        now = time.monotonic()
+        cached = self._shaped_cache.get(ifindex)
+        if cached is not None and now - cached[0] < 1.0:
+            return cached[1]
+        with IPRoute() as ipr:
+            kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=ifindex)}
+        shaped = bool(kinds & SHAPING_QDISCS)
+        self._shaped_cache[ifindex] = (now, shaped)
+        return shaped
+
+    def _write_verdict(self, rec: FlowRecord, state: State, reason: str) -> None:
+        self.flows_map.update(rec.key, maps.encode_verdict(state))
+        rec.state, rec.reason, rec.nexthop = state, reason, None
+
+    # -- eviction -------------------------------------------------------------------------------
+
+    def _evict(self, key: bytes, why: str) -> None:
+        self.flows_map.delete(key)
+        rec = self.book.remove(key)
+        if rec is not None:
+            log.debug("evict %s: %s", rec.info.tuple, why)
+
+    def evict_connection(self, ct: maps.Tuple, why: str) -> int:
+        self._ct_expiry.pop(ct, None)
+        recs = self.book.of_connection(ct)
+        for rec in recs:
+            self._evict(rec.key, why)
+        return len(recs)
+
+    def flush(self) -> int:
+        keys = list(self.book.records)
+        for key in keys:
+            self._evict(key, "flush")
+        for key in list(self.flows_map.keys()):
+            self.flows_map.delete(key)
+        return len(keys)
+
+    def resync(self) -> dict[str, int]:
+        """After a firewall reload: forget PASS/DROP verdicts, re-check every FORWARD flow."""
+        dropped = 0
+        for rec in self.book.in_state(State.PASS, State.DROP):
+            self._evict(rec.key, "resync")
+            dropped += 1
+        forward = self.book.in_state(State.FORWARD)
+        self.resolver.invalidate()
+        self._recheck_connections()
+        self._revalidate_all()
+        return {"verdicts_flushed": dropped, "revalidated": len(forward)}
+
+    # -- conntrack and rtnetlink events ---------------------------------------------------------
+
+    def _on_conntrack(self) -> None:
+        try:
+            events = self.ct_events.read()
+        except ctmod.EventsLost:
+            log.warning("conntrack events lost: revalidating every flow")
+            self._recheck_connections()
+            return
+        for ev in events:
+            if ev.entry is None:
+                continue
+            log.debug("conntrack %s: %s status %#x tcp %s", ev.kind, ev.entry.orig,
+                      ev.entry.status, ev.entry.tcp_state)
+            if ev.kind == "destroy":
+                self.evict_connection(ev.entry.orig, "conntrack destroy")
+                continue
+            for rec in self.book.waiting_for(ev.entry.orig, ev.entry.reply) + \
+                    self.book.of_connection(ev.entry.orig):
+                if rec.state == State.PENDING:
+                    self._admit(rec)
+
+    def _recheck_connections(self) -> None:
+        for rec in list(self.book.records.values()):
+            if rec.key not in self.book:
+                continue
+            found = self.conntrack.lookup(rec.info.tuple)
+            if found is None:
+                if rec.ct is not None:
+                    self.evict_connection(rec.ct, "conntrack entry gone")
+                else:
+                    self._evict(rec.key, "no conntrack entry")
+            elif rec.state == State.PENDING:
+                self._admit(rec)
+            elif rec.state == State.FORWARD and found[0].ineligible_reason() is not None:
+                self.evict_connection(found[0].orig, found[0].ineligible_reason() or "")
+
+    def _on_rtnetlink(self) -> None:
+        try:
+            changed = bool(self.rt_events.read())
+        except nhmod.EventsLost:
+            changed = True
+        if changed:
+            self.resolver.invalidate()
+            self._shaped_cache.clear()
+            self._revalidate = True
+
+    def _revalidate_all(self) -> None:
+        """Routing, neighbours or links changed: re-resolve every flow that has a connection."""
+        for rec in list(self.book.records.values()):
+            if rec.ct is None or rec.state not in (State.FORWARD, State.PENDING):
+                continue
+            found = self.conntrack.get(rec.ct)
+            if found is None:
+                self.evict_connection(rec.ct, "conntrack entry gone")
+                continue
+            if rec.state == State.FORWARD:
+                self._forward(found, rec, rec.direction or Direction.ORIGINAL)
+            else:
+                self._offload(found, rec, rec.direction or Direction.ORIGINAL)
+
+    # -- sweep ----------------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        self.runtime_map.update(bytes(4), maps.encode_runtime(time.monotonic_ns()))
+
+    def sweep(self) -> None:
+        """Counters, idle expiry, conntrack timeout refresh, stale PENDING cleanup, heartbeat."""
+        start = time.monotonic()
+        self._heartbeat()
+        now_ns = time.monotonic_ns()
+        idle_ns = int(self.settings.idle_timeout * 1e9)
+        refresh: set[maps.Tuple] = set()
+        idle: set[maps.Tuple] = set()
+        seen: set[bytes] = set()
+        for key, value in self.flows_map.lookup_batch(4096):
+            seen.add(key)
+            packets, nbytes, last_seen, _expires, state, _flags = _VALUE.unpack_from(value)
+            rec = self.book.get(key)
+            if rec is None:
+                self._adopt(key, State(state))
+                continue
+            rec.active = packets != rec.packets
+            rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
+            if rec.state == State.FORWARD and rec.ct is not None:
+                if now_ns - last_seen > idle_ns:
+                    idle.add(rec.ct)
+                elif rec.active:
+                    refresh.add(rec.ct)
+            elif rec.state in (State.PENDING, State.PASS) and start - rec.created > PENDING_TTL:
+                self._evict(key, "undecided")
+        for key in [k for k in self.book.records if k not in seen]:
+            self.book.remove(key)    # the LRU evicted it
+        for ct in idle:
+            self.evict_connection(ct, "idle")
+        self._refresh_conntrack(refresh - idle, start)
+        self._heartbeat()
+        self.last_sweep_s = time.monotonic() - start
+        self._next_sweep = time.monotonic() + self.settings.sweep_interval
+
+    def _refresh_conntrack(self, active: set[maps.Tuple], now: float) -> None:
+        """Keeps conntrack entries of carried flows alive.
+
+        Only when half their timeout is spent: every refresh makes the kernel send an UPDATE
+        event to every listener, this daemon included, and those cost far more than the refresh.
+        """
+        full = {p: self.conntrack.established_timeout(p) for p in (socket.IPPROTO_TCP,
+                                                                   socket.IPPROTO_UDP)}
+        due = [ct for ct in active
+               if self._ct_expiry.get(ct, 0.0) - now < full.get(ct.l4proto, 120) / 2]
+        if not due:
+            return
+        self.conntrack.refresh(due, lambda t: full.get(t.l4proto, 120))
+        for ct in due:
+            self._ct_expiry[ct] = now + full.get(ct.l4proto, 120)
+
+    def _adopt(self, key: bytes, state: State) -> None:
+        """An entry the daemon does not know: a restart's leftovers or a lost ring event."""
+        rec = self.book.add(key)
+        if state != State.FORWARD:
+            self.flows_map.update(key, maps.encode_verdict(State.PENDING))
+            self._admit(rec)
+            return
+        found = self.conntrack.lookup(rec.info.tuple)
+        if found is None or found[0].ineligible_reason() is not None:
+            self._evict(key, "re-adopt: no eligible conntrack entry")
+            return
+        entry, direction = found
+        self.book.bind(rec, entry.orig, direction)
+        rec.state = State.FORWARD
+        self._forward(entry, rec, direction)   # keeps the entry, refreshes its next hop
+
+    def _readopt(self) -> None:
+        for key, value in self.flows_map.lookup_batch(4096):
+            self._adopt(key, State(_VALUE.unpack_from(value)[4]))
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        if self._reload_settings is None:
+            return
+        try:
+            new = self._reload_settings()
+        except ValueError as e:
+            log.error("reload: %s (keeping the running configuration)", e)
+            return
+        old, self.settings = self.settings, new
+        if new.heartbeat_timeout != old.heartbeat_timeout or new.flows_max != old.flows_max:
+            log.warning("reload: heartbeat_timeout and flows_max apply after a restart")
+        current = dict(self.loader.attachments)
+        wanted = {name: new.mode_of(name) for name in self._interface_names()}
+        for name, mode in current.items():
+            if name not in wanted or (wanted[name] != "auto" and wanted[name] != mode):
+                self.loader.detach(name)
+        for name, mode in wanted.items():
+            if name not in self.loader.attachments:
+                log.info("%s: attached (%s)", name, self.loader.attach(name, mode))
+        self._update_modes()
+        self._revalidate = True
+        log.info("configuration reloaded")
+
+    # -- read-only views for api.py -------------------------------------------------------------
+
+    def stats(self) -> dict[maps.Counter, int]:
+        return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
+
+
+def _keep_counters(old: bytes | None, new: bytes) -> bytes:
+    """A rewritten entry keeps its counters and last-seen time (first 24 bytes)."""
+    if old is None:
+        return new
+    return old[:24] + new[24:]
+
+
+def lowest_devices() -> list[str]:
+    """Interfaces for 'auto' without fw4: up, not loopback, not a bridge or other upper device."""
+    names = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            info = link.get_attr("IFLA_LINKINFO")
+            kind = info.get_attr("IFLA_INFO_KIND") if info else None
+            if name == "lo" or not link["flags"] & 1 or kind in ("bridge", "vlan", "ppp", "ifb"):
+                continue
+            names.append(name)
+    return names
