@@ -181,7 +181,7 @@ int ebpfw_xdp(struct xdp_md *ctx)
 	if (!st)
 		return XDP_PASS;
 	count(st, EBPFW_CNT_RX);
-	if ((ret = parse_packet(data, end, &p))) {
+	if ((ret = parse_packet(data, end, end - data, &p))) {
 		pass(st, ret);
 		return XDP_PASS;
 	}
@@ -282,7 +282,7 @@ int ebpfw_tc(struct __sk_buff *ctx)
 		p.key.vlan[0] = ctx->vlan_tci & 0x0fff;
 		p.vlans = 1;
 	}
-	if ((ret = parse_packet(data, end, &p))) {
+	if ((ret = parse_packet(data, end, ctx->len, &p))) {
 		pass(st, ret);
 		return TC_ACT_UNSPEC;
 	}

@@ -42,8 +42,16 @@ struct pppoe_hdr_ {
 
 struct cursor {
 	void *pos;
-	void *end;
+	void *end;	/* end of the linear data: every header must be before it */
+	void *start;
+	__u32 len;	/* whole packet; an skb keeps its payload in fragments past end */
 };
+
+/* Whether the packet holds len bytes from the cursor on (linear or not) */
+static __always_inline int cursor_has(const struct cursor *c, __u32 len)
+{
+	return (__u32)(c->pos - c->start) + len <= c->len;
+}
 
 /* What the parser learned about one packet */
 struct pkt {
@@ -137,7 +145,7 @@ static __always_inline int parse_ipv4(struct cursor *c, struct pkt *p)
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return EBPFW_PASS_L4_PROTO;
 	p->l3_len = bpf_ntohs(ip->tot_len);
-	if (p->l3_len < sizeof(*ip) || c->pos + p->l3_len > c->end)
+	if (p->l3_len < sizeof(*ip) || !cursor_has(c, p->l3_len))
 		return EBPFW_PASS_TRUNCATED;
 	p->key.l3proto = EBPFW_L3_IPV4;
 	p->key.l4proto = ip->protocol;
@@ -176,7 +184,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return is_ipv6_ext(ip6->nexthdr) ? EBPFW_PASS_IPV6_EXT : EBPFW_PASS_L4_PROTO;
 	p->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-	if (p->l3_len == sizeof(*ip6) || c->pos + p->l3_len > c->end)
+	if (p->l3_len == sizeof(*ip6) || !cursor_has(c, p->l3_len))
 		return EBPFW_PASS_TRUNCATED;	/* jumbogram or cut short */
 	p->key.l3proto = EBPFW_L3_IPV6;
 	p->key.l4proto = ip6->nexthdr;
@@ -217,11 +225,12 @@ static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 
 /*
  * Ethernet, up to two VLAN tags, PPPoE, IPv4 / IPv6, TCP / UDP. Tags that the
- * kernel already moved into skb metadata are in p->vlans on entry.
+ * kernel already moved into skb metadata are in p->vlans on entry. len is the
+ * whole packet from data on, linear or not.
  */
-static __always_inline int parse_packet(void *data, void *end, struct pkt *p)
+static __always_inline int parse_packet(void *data, void *end, __u32 len, struct pkt *p)
 {
-	struct cursor c = { .pos = data, .end = end };
+	struct cursor c = { .pos = data, .end = end, .start = data, .len = len };
 	__be16 proto;
 	int ret;
 

@@ -31,3 +31,11 @@ def bpf_object(bpf_build: Path) -> Path:
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0,
                                    reason="needs root: loads BPF programs into the kernel")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Lets fixtures see whether their test failed (to show logs only then)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -147,6 +147,10 @@ class Lab:
         for ns, devs in ((c, ("eth0",)), (s, ("eth1", "eth2"))):
             for dev in devs:
                 self.sh(ns, f"ethtool -K {dev} tx off gro on", check=False)
+        # eth2 is in no fw4 zone, so its input drops neighbour discovery: static neighbours
+        mac = json.loads(self.sh(s, "ip -j link show dev eth2"))[0]["address"]
+        for addr in (ALT_GATEWAY4, ALT_GATEWAY6):
+            self.sh(r, f"ip neigh replace {addr} lladdr {mac} dev eth2 nud permanent")
         self.sh(r, f"nft -f {ruleset_path(self.case)}")
         self.wait_reachable()
 
@@ -166,6 +170,9 @@ class Lab:
 
     def sh(self, ns: str, cmd: str, check: bool = True, timeout: float = 60) -> str:
         return run("ip", "netns", "exec", ns, *cmd.split(), check=check, timeout=timeout)
+
+    def ifindex(self, ns: str, dev: str) -> int:
+        return json.loads(self.sh(ns, f"ip -j link show dev {dev}"))[0]["ifindex"]
 
     def spawn(self, ns: str, *cmd: str, **kw) -> subprocess.Popen:
         proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], start_new_session=True, **kw)

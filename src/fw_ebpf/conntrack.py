@@ -90,6 +90,7 @@ _RECV_SIZE = 1 << 17
 
 
 IP_CT_TCP_FLAG_BE_LIBERAL = 0x08
+IP_CT_TCP_FLAG_MAXACK_SET = 0x20
 NLA_F_NESTED = 1 << 15
 
 
@@ -246,10 +247,13 @@ def encode_refresh(seq: int, flags: int, t: Tuple, timeout: int) -> bytes:
 def encode_liberal(seq: int, flags: int, t: Tuple) -> bytes:
     """CT_NEW(orig tuple, TCP flags BE_LIBERAL in both directions), as nft flow offload does.
 
-    Packets the fast path carries never reach conntrack, so its TCP window goes stale and the
-    closing FIN would be out of window (INVALID, dropped by fw4's NAT-leak rule).
+    Packets the fast path carries never reach conntrack, so its TCP window goes stale: the
+    closing FIN would be out of window (INVALID, dropped by fw4's NAT-leak rule), and a RST
+    would not match the last ACK conntrack saw and be taken for an injection attempt (the
+    entry stays ESTABLISHED). Clearing MAXACK_SET makes conntrack accept the real one.
     """
-    liberal = struct.pack("BBxx", IP_CT_TCP_FLAG_BE_LIBERAL, IP_CT_TCP_FLAG_BE_LIBERAL)
+    liberal = struct.pack("BBxx", IP_CT_TCP_FLAG_BE_LIBERAL,
+                          IP_CT_TCP_FLAG_BE_LIBERAL | IP_CT_TCP_FLAG_MAXACK_SET)
     tcp = _nla(4, liberal[:2]) + _nla(5, liberal[:2])     # CTA_PROTOINFO_TCP_FLAGS_ORIG/REPLY
     return _update(seq, flags, t, _nla(4 | NLA_F_NESTED, _nla(1 | NLA_F_NESTED, tcp)))
 

@@ -85,8 +85,8 @@ class Daemon:
             self.ct_events = stack.enter_context(ConntrackEvents())
             self.resolver = stack.enter_context(NextHopResolver())
             self.rt_events = stack.enter_context(RtEvents())
-            self._readopt()
             self._attach_interfaces(stack)
+            self._readopt()   # needs the hook modes; until then XDP passes (empty devmap)
             self.ring = stack.enter_context(RingBuffer(self.loader.map("ebpfw_events"),
                                                        self._on_ring_record))
             self.control = ControlServer(self.paths.control, api.handlers(self))
@@ -237,12 +237,17 @@ class Daemon:
             if why.startswith(FINAL_REASONS):
                 self._write_verdict(rec, State.PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
-        if entry.orig.l4proto == socket.IPPROTO_TCP and entry.orig not in self._ct_expiry:
-            self.conntrack.set_liberal(entry.orig)
         nh = self._forward(entry, rec, direction)
         if nh is None:
             return
-        self._ct_expiry.setdefault(entry.orig, time.monotonic() + entry.timeout)
+        self._pair(entry, rec, direction, nh)
+        if entry.orig not in self._ct_expiry:
+            # after both directions are written, so the stack sees (almost) no more packets
+            if entry.orig.l4proto == socket.IPPROTO_TCP:
+                self.conntrack.set_liberal(entry.orig)
+            self._ct_expiry[entry.orig] = time.monotonic() + entry.timeout
+
+    def _pair(self, entry: CtEntry, rec: FlowRecord, direction: Direction, nh: NextHop) -> None:
         # the reply enters where this direction leaves (symmetric routing); if not, its own
         # first packet asks for it like any other flow
         other = Direction.REPLY if direction == Direction.ORIGINAL else Direction.ORIGINAL
@@ -261,6 +266,7 @@ class Daemon:
             iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
             nh = self.resolver.resolve(egress.daddr, ingress.saddr, iif, mark=entry.mark)
         except Unresolved as e:
+            log.debug("no next hop for %s: %s", egress, e.reason)
             rec.reason = f"next hop: {e.reason}"
             if rec.state == State.FORWARD:
                 self._write_verdict(rec, State.PENDING, rec.reason)

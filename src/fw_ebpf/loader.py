@@ -33,7 +33,9 @@ DEV_OBJ_DIR = str(Path(__file__).resolve().parents[2] / "build")  # repo checkou
 
 RODATA_SECTION = ".rodata.config"
 FLOWS_MAP = "ebpfw_flows"
-PINNED_MAPS = (FLOWS_MAP, "ebpfw_stats", "ebpfw_tx", "ebpfw_runtime")
+# ebpfw_tx is not pinned: libbpf 1.1 cannot reuse a pinned devmap (the kernel adds
+# BPF_F_RDONLY_PROG to its flags), and the daemon refills it from the re-adopted flows
+PINNED_MAPS = (FLOWS_MAP, "ebpfw_stats", "ebpfw_runtime")
 XDP_PROG, TC_PROG = "ebpfw_xdp", "ebpfw_tc"
 
 # cls_bpf identity on clsact ingress. qosify uses prio 0x110.., bridger 0xbb00..0xbb03; lower
