@@ -53,7 +53,7 @@ test: deps bpf
 	$(PY) -m pytest -q tests
 
 demo: deps bpf
-	@echo "make demo: not yet (the offload service lands with issue #3)"
+	$(PY) tests/demo.py
 
 bench: deps bpf
 	@echo "make bench: not yet (benchmarks land with issue #5)"

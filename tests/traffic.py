@@ -7,6 +7,7 @@ Run inside a namespace: ip netns exec NS python3 traffic.py server --port 5201
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import socket
@@ -45,7 +46,7 @@ def serve(port: int) -> None:
     udp = _dual_stack(socket.SOCK_DGRAM, port)
 
     def echo_tcp(conn: socket.socket) -> None:
-        with conn:
+        with conn, contextlib.suppress(ConnectionError):   # clients may end with a RST
             while data := conn.recv(65536):
                 conn.sendall(data)
 
