@@ -288,3 +288,28 @@ def test_sigterm_leaves_nothing_behind(lab: Lab, mode: str):
     assert lab.stop_daemon(signal.SIGTERM) == 0
     assert attached(lab) == []
     assert not Path(lab.pin_dir).exists(), list(Path(lab.pin_dir).rglob("*"))
+
+
+def test_sighup_reloads_configuration(lab: Lab):
+    config = lab.run_dir / "ebpfw.conf"
+    config.write_text("config ebpfw 'global'\n\tlist interface 'eth0'\n\tlist interface 'eth1'\n")
+    lab.start_daemon("--config", str(config), interfaces=())
+    assert set(lab.ctl("status", "--json")["interfaces"]) == {"eth0", "eth1"}
+    config.write_text("config ebpfw 'global'\n\tlist interface 'eth0'\n\tlist interface 'eth2'\n"
+                      "\toption idle_timeout '7'\n")
+    lab.daemon.send_signal(signal.SIGHUP)
+    lab.wait_for(lambda: set(lab.ctl("status", "--json")["interfaces"]) == {"eth0", "eth2"},
+                 what="interfaces follow the reloaded configuration")
+    assert lab.ctl("status", "--json")["settings"]["idle_timeout"] == 7
+    assert attached(lab) == ["eth0: xdp", "eth2: xdp"]
+
+
+def test_bad_configuration_is_one_line_and_attaches_nothing(lab: Lab):
+    config = lab.run_dir / "ebpfw.conf"
+    config.write_text("config ebpfw 'global'\n\toption idle_timeout 'soon'\n")
+    with pytest.raises(RuntimeError):
+        lab.start_daemon("--config", str(config))
+    lines = [x for x in lab.daemon_log.read_text().splitlines() if x.strip()]
+    assert lines == [f"ebpfw: {config}: section global: option 'idle_timeout' is 'soon', "
+                     "expected a number"]
+    assert attached(lab) == []
