@@ -147,10 +147,12 @@ class Lab:
         for ns, devs in ((c, ("eth0",)), (s, ("eth1", "eth2"))):
             for dev in devs:
                 self.sh(ns, f"ethtool -K {dev} tx off gro on", check=False)
-        # eth2 is in no fw4 zone, so its input drops neighbour discovery: static neighbours
-        mac = json.loads(self.sh(s, "ip -j link show dev eth2"))[0]["address"]
-        for addr in (ALT_GATEWAY4, ALT_GATEWAY6):
-            self.sh(r, f"ip neigh replace {addr} lladdr {mac} dev eth2 nud permanent")
+        # eth2 is in no fw4 zone and some cases drop wan input: neighbour discovery would be
+        # dropped by the router's own firewall there, so the wan side has static neighbours
+        for dev, addrs in (("eth2", (ALT_GATEWAY4, ALT_GATEWAY6)), ("eth1", (GATEWAY6,))):
+            mac = json.loads(self.sh(s, f"ip -j link show dev {dev}"))[0]["address"]
+            for addr in addrs:
+                self.sh(r, f"ip neigh replace {addr} lladdr {mac} dev {dev} nud permanent")
         self.sh(r, f"nft -f {ruleset_path(self.case)}")
         self.wait_reachable()
 

@@ -66,7 +66,7 @@ def serve(port: int) -> None:
 
 
 def client(proto: str, host: str, port: int, count: int, size: int, interval: float,
-           sport: int, hold: float, rst: bool = False) -> dict:
+           sport: int, hold: float, rst: bool = False, oneway: bool = False) -> dict:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)
@@ -84,6 +84,10 @@ def client(proto: str, host: str, port: int, count: int, size: int, interval: fl
         try:
             sock.sendall(msg) if kind == socket.SOCK_STREAM else sock.send(msg)
             result["sent"] += 1
+            if oneway:
+                if interval:
+                    time.sleep(interval)
+                continue
             if kind == socket.SOCK_STREAM:
                 while len(pending) < size:
                     chunk = sock.recv(65536)
@@ -129,12 +133,14 @@ def main() -> int:
     c.add_argument("--sport", type=int, default=0)
     c.add_argument("--hold", type=float, default=0.0, help="keep the socket open this long after")
     c.add_argument("--rst", type=int, default=0, help="1: end a TCP connection with a RST")
+    c.add_argument("--oneway", type=int, default=0, help="1: send only, expect no echo")
     args = p.parse_args()
     if args.cmd == "server":
         serve(args.port)
         return 0
     print(json.dumps(client(args.proto, args.host, args.port, args.count, args.size,
-                            args.interval, args.sport, args.hold, bool(args.rst))), flush=True)
+                            args.interval, args.sport, args.hold, bool(args.rst),
+                            bool(args.oneway))), flush=True)
     return 0
 
 
