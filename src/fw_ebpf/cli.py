@@ -23,7 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", help=f"UCI config file (default {DEFAULT_CONFIG} if present)")
+    run.add_argument("--config", metavar="FILE",
+                     help="ebpfw UCI file, overriding the one in the config source")
+    run.add_argument("--config-dir", metavar="DIR",
+                     help="read 'firewall' and 'ebpfw' from this UCI directory instead of ubus "
+                          f"(default: ubus on a router, else {config.DEFAULT_DIR} if it has "
+                          "'firewall')")
+    run.add_argument("--force", action="store_true",
+                     help=f"run even when firewall.@defaults[0].{config.SWITCH} is off")
     run.add_argument("-i", "--interface", action="append", metavar="DEV[=MODE]",
                      help="attach to DEV (repeatable); MODE: xdp, xdp-generic, tc, auto")
     run.add_argument("--mode", choices=config.MODES, help="hook for interfaces without =MODE")
@@ -35,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
     run.add_argument("--pin-dir", default=DEFAULT_PIN_DIR, help="bpffs directory for pins")
     run.add_argument("--object-dir", help="directory of ebpfw-le.o / ebpfw-be.o")
+    run.add_argument("--fw4-model", metavar="FILE",
+                     help="fw4's model as JSON (default: ask the ucode hook, on a router)")
+    run.add_argument("--early-drop", action=argparse.BooleanOptionalAction, default=None,
+                     help="drop flows fw4 drops in the fast path (config option early_drop)")
 
     for name, text in (("status", "attached interfaces, flows, counters"),
                        ("flows", "the flow table"), ("stats", "fast-path counters")):
@@ -47,11 +58,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _source(args: argparse.Namespace) -> config.SectionReader | None:
+    """Where this run reads the switch and tunables, on start and on every reload.
+
+    None: no firewall config on this host (a development machine, the tests), so there is no
+    switch to honour and the settings come from --config, /etc/config/ebpfw or the defaults.
+    """
+    if args.config_dir is not None:
+        return config.dir_reader(args.config_dir)
+    if config.ubus_available():
+        return config.ubus_reader()
+    if os.path.exists(os.path.join(config.DEFAULT_DIR, "firewall")):
+        return config.dir_reader(config.DEFAULT_DIR)
+    return None
+
+
 def _settings(args: argparse.Namespace) -> config.Settings:
-    path = args.config
-    if path is None:
-        path = DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None
-    settings = config.load_file(path) if path else config.Settings()
+    """The settings to run with; raises config.Disabled when the switch is off."""
+    read = _source(args)
+    if read is not None and not args.force and not config.switch_from(read):
+        raise config.Disabled()
+    if args.config is not None:
+        settings = config.load_file(args.config)
+    elif read is not None:
+        settings = config.settings_from(read)
+    elif os.path.exists(DEFAULT_CONFIG):
+        settings = config.load_file(DEFAULT_CONFIG)
+    else:
+        settings = config.Settings()
     modes = dict(settings.modes)
     interfaces = None
     if args.interface:
@@ -65,7 +99,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         interfaces=tuple(interfaces) if interfaces else None, modes=modes, mode=args.mode,
         idle_timeout=args.idle_timeout, sweep_interval=args.sweep_interval,
         heartbeat_timeout=args.heartbeat_timeout, flows_max=args.flows_max,
-        log_level=args.log_level)
+        log_level=args.log_level, early_drop=args.early_drop)
 
 
 def _setup_logging(level: str, use_syslog: bool) -> None:
@@ -83,13 +117,26 @@ def _setup_logging(level: str, use_syslog: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except config.Disabled as e:
+        print(f"ebpfw: {e}")
+        return 0
+    from fw_ebpf.conntrack import ConntrackError   # pyroute2 and libbpf: only when it runs
     from fw_ebpf.daemon import Daemon, Paths
 
-    settings = _settings(args)
     _setup_logging(settings.log_level, args.syslog)
     paths = Paths(object_dir=args.object_dir, pin_dir=args.pin_dir, control=args.control,
-                  config=args.config)
-    return Daemon(settings, paths, reload_settings=lambda: _settings(args)).run()
+                  config=args.config, fw4_model=args.fw4_model)
+    # on SIGHUP the daemon re-reads the same source; config.Disabled from there means the
+    # switch went off: the daemon stops (if it lets the exception out, it unwinds cleanly here)
+    try:
+        return Daemon(settings, paths, reload_settings=lambda: _settings(args)).run()
+    except config.Disabled as e:
+        logging.getLogger("fw_ebpf").info("stopped: %s", e)
+        return 0
+    except ConntrackError as e:
+        raise RuntimeError(str(e)) from None
 
 
 def _print_status(s: dict[str, Any]) -> None:
@@ -126,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         request = {"state": args.state} if args.command == "flows" and args.state else {}
         result = call(args.control, args.command, request)
     except (ControlError, ValueError, OSError, RuntimeError) as e:
-        print(f"ebpfw: {e}", file=sys.stderr)
+        message = str(e)   # config errors about the 'ebpfw' config already start with its name
+        print(message if message.startswith("ebpfw: ") else f"ebpfw: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

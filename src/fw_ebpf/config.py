@@ -1,20 +1,36 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""ebpfw settings: /etc/config/ebpfw (UCI) and command-line overrides, validated.
+"""ebpfw settings: the fw4 switch, /etc/config/ebpfw (UCI) and command-line overrides, validated.
 
-A bad value is a ConfigError naming the section and option; the daemon then does not start.
+Two sources, one result: on a router rpcd's `uci` ubus object, elsewhere UCI files in a config
+directory. The switch is `firewall.@defaults[0].flow_offloading_ebpf` (default off). A bad value
+is a ConfigError naming the config, section and option; the daemon then does not start.
 """
 from __future__ import annotations
 
+import importlib.util
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 MODES = ("xdp", "xdp-generic", "tc", "auto")
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
 
 
+DEFAULT_DIR = "/etc/config"
+SWITCH = "flow_offloading_ebpf"
+DISABLED_REASON = f"disabled (firewall.@defaults[0].{SWITCH} is not 1)"
+
+
 class ConfigError(ValueError):
     """A setting a user has to fix; the message names where it is."""
+
+
+class Disabled(Exception):
+    """The switch is off: not an error, the service has nothing to do."""
+
+    def __init__(self) -> None:
+        super().__init__(DISABLED_REASON)
 
 
 @dataclass(frozen=True)
@@ -113,12 +129,24 @@ def _bool(sec: UciSection, where: str, option: str) -> bool | None:
     raise ConfigError(f"{where}: option '{option}' is '{value}', expected 0 or 1")
 
 
+def _labels(sections: list[UciSection], source: str) -> list[str]:
+    """"source: section NAME" or, for anonymous sections, "source: section @TYPE[N]" as uci(1)."""
+    seen: dict[str, int] = {}
+    labels = []
+    for sec in sections:
+        index = seen.get(sec.type, 0)
+        seen[sec.type] = index + 1
+        labels.append(f"{source}: section {sec.name or f'@{sec.type}[{index}]'}")
+    return labels
+
+
 def settings_from_uci(sections: list[UciSection], source: str) -> Settings:
     changes: dict[str, object] = {}
     modes: dict[str, str] = {}
-    for i, sec in enumerate(sections):
-        where = f"{source}: section {sec.name or f'@{sec.type}[{i}]'}"
+    where_global = source
+    for sec, where in zip(sections, _labels(sections, source)):
         if sec.type == "ebpfw":
+            where_global = where
             iface = sec.options.get("interface")
             if iface is not None:
                 changes["interfaces"] = tuple(iface if isinstance(iface, list) else iface.split())
@@ -139,7 +167,7 @@ def settings_from_uci(sections: list[UciSection], source: str) -> Settings:
                 raise ConfigError(f"{where}: option 'device' is missing")
             modes[device] = str(mode)
     settings = replace(Settings(), modes=modes, **changes)  # type: ignore[arg-type]
-    settings.validate(source)
+    settings.validate(where_global)
     return settings
 
 
@@ -150,3 +178,129 @@ def load_file(path: str | Path) -> Settings:
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
     return settings_from_uci(parse_uci(text, str(path)), str(path))
+
+
+# -- where the sections come from: a config directory or rpcd's `uci` object on ubus ----------
+
+# (config, section type or None for all) -> the sections, or None when the config does not exist
+SectionReader = Callable[[str, str | None], list[UciSection] | None]
+
+
+def dir_reader(config_dir: str | Path) -> SectionReader:
+    """Reads /etc/config-style files: DIR/firewall, DIR/ebpfw."""
+    directory = Path(config_dir)
+
+    def read(config: str, section_type: str | None) -> list[UciSection] | None:
+        path = directory / config
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from None
+        sections = parse_uci(text, str(path))
+        return [s for s in sections if section_type is None or s.type == section_type]
+
+    return read
+
+
+def sections_from_ubus(reply: Any, config: str) -> list[UciSection]:
+    """What `ubus call uci get {"config": ..., ["type": ...]}` answers, as UciSections.
+
+    The answer is {"values": {sid: {".anonymous", ".type", ".name", ".index", option...}}},
+    options are strings and lists are arrays of strings. python-ubus hands over a list of
+    answers (one per reply message); rpcd sends one.
+    """
+    if isinstance(reply, list):
+        reply = reply[0] if reply else {}
+    values = reply.get("values") if isinstance(reply, dict) else None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config}: unexpected answer from ubus uci get: {reply!r}")
+    entries = sorted(values.values(), key=lambda v: int(v.get(".index", 0)))
+    sections = []
+    for entry in entries:
+        options: dict[str, str | list[str]] = {}
+        for key, value in entry.items():
+            if key.startswith("."):
+                continue
+            options[key] = [str(v) for v in value] if isinstance(value, list) else str(value)
+        name = None if entry.get(".anonymous") else entry.get(".name")
+        sections.append(UciSection(str(entry.get(".type", "")), name, options))
+    return sections
+
+
+UBUS_TIMEOUT_MS = 5000
+
+
+def ubus_available() -> bool:
+    return importlib.util.find_spec("ubus") is not None
+
+
+def _ubus_uci_get(config: str, section_type: str | None) -> Any | None:
+    """One `uci get` over python-ubus; None when rpcd says the config does not exist.
+
+    python-ubus keeps one module-wide connection and answers a call with a list of replies:
+    reuse the connection when the daemon's ubus side holds it, else connect for this call.
+    """
+    import ubus  # type: ignore[import-not-found]   # only on a router (needs libubus)
+
+    request: dict[str, str] = {"config": config}
+    if section_type is not None:
+        request["type"] = section_type
+    owned = not ubus.get_connected()
+    try:
+        if owned:
+            ubus.connect()
+    except (OSError, RuntimeError) as e:
+        raise ConfigError(f"ubus: cannot connect to read '{config}': {e}") from None
+    try:
+        return ubus.call("uci", "get", request, timeout=UBUS_TIMEOUT_MS)
+    except RuntimeError as e:
+        # python-ubus: "ubus error occured: <ubus_strerror>"; rpcd: no such config
+        if str(e).endswith("Not found"):
+            return None
+        raise ConfigError(f"ubus call uci get {config}: {e}") from None
+    finally:
+        if owned:
+            ubus.disconnect()
+
+
+def ubus_reader(call: Callable[[str, str | None], Any | None] = _ubus_uci_get) -> SectionReader:
+    def read(config: str, section_type: str | None) -> list[UciSection] | None:
+        reply = call(config, section_type)
+        return None if reply is None else sections_from_ubus(reply, config)
+
+    return read
+
+
+def switch_from_uci(defaults: list[UciSection] | None) -> bool:
+    """firewall.@defaults[0].flow_offloading_ebpf; missing config, section or option: off."""
+    if not defaults:
+        return False
+    return bool(_bool(defaults[0], "firewall: section @defaults[0]", SWITCH))
+
+
+def switch_from(read: SectionReader) -> bool:
+    return switch_from_uci(read("firewall", "defaults"))
+
+
+def settings_from(read: SectionReader) -> Settings:
+    """The `ebpfw` config; defaults when it does not exist."""
+    sections = read("ebpfw", None)
+    return Settings() if sections is None else settings_from_uci(sections, "ebpfw")
+
+
+def load_from(read: SectionReader) -> tuple[bool, Settings]:
+    return switch_from(read), settings_from(read)
+
+
+def load(config_dir: str | None = None, use_ubus: bool | None = None) -> tuple[bool, Settings]:
+    """(enabled, settings) from ubus (default on a router) or from UCI files in config_dir.
+
+    use_ubus None: ubus when python-ubus is installed and no config_dir was named.
+    """
+    if use_ubus is None:
+        use_ubus = config_dir is None and ubus_available()
+    if use_ubus:
+        return load_from(ubus_reader())
+    return load_from(dir_reader(config_dir or DEFAULT_DIR))
