@@ -149,10 +149,12 @@ class Lab:
                 self.sh(ns, f"ethtool -K {dev} tx off gro on", check=False)
         # eth2 is in no fw4 zone and some cases drop wan input: neighbour discovery would be
         # dropped by the router's own firewall there, so the wan side has static neighbours
-        for dev, addrs in (("eth2", (ALT_GATEWAY4, ALT_GATEWAY6)), ("eth1", (GATEWAY6,))):
-            mac = json.loads(self.sh(s, f"ip -j link show dev {dev}"))[0]["address"]
-            for addr in addrs:
-                self.sh(r, f"ip neigh replace {addr} lladdr {mac} dev {dev} nud permanent")
+        for dev, here, there in (("eth2", (ALT_GATEWAY4, ALT_GATEWAY6), (ALT_ROUTER6,)),
+                                 ("eth1", (GATEWAY6,), (ROUTER_WAN6,))):
+            for ns, peer, addrs in ((r, s, here), (s, r, there)):
+                mac = json.loads(self.sh(peer, f"ip -j link show dev {dev}"))[0]["address"]
+                for addr in addrs:
+                    self.sh(ns, f"ip neigh replace {addr} lladdr {mac} dev {dev} nud permanent")
         self.sh(r, f"nft -f {ruleset_path(self.case)}")
         self.wait_reachable()
 

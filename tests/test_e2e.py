@@ -15,7 +15,8 @@ import pytest
 from conftest import requires_root
 from fw_ebpf import maps
 from fw_ebpf.libbpf import open_pinned_map
-from lab import ALT_GATEWAY6, CLIENT4, GATEWAY4, ROUTER_WAN4, SERVER4, SERVER6, Lab
+from lab import (ALT_GATEWAY6, CLIENT4, GATEWAY4, ROUTER_WAN4, SERVER4, SERVER6, SHARED_CASES,
+                 Lab)
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
@@ -313,3 +314,35 @@ def test_bad_configuration_is_one_line_and_attaches_nothing(lab: Lab):
     assert lines == [f"ebpfw: {config}: section global: option 'idle_timeout' is 'soon', "
                      "expected a number"]
     assert attached(lab) == []
+
+
+# -- early drop (fw4 verdicts) --------------------------------------------------------------
+
+DROP_CASE = "three_zones_guest"   # its wan zone drops input: a WAN host probing the router
+
+
+@pytest.mark.parametrize("early_drop", [True, False], ids=["on", "off"])
+def test_early_drop_kills_dropped_flows_in_the_fast_path(early_drop: bool):
+    model = SHARED_CASES / DROP_CASE / "model.json"
+    if not model.exists():
+        pytest.skip(f"needs the real fw4 output in {SHARED_CASES} (a user's own clone lacks it)")
+    with Lab(DROP_CASE) as lab:
+        lab.start_echo_server(lab.server)
+        lab.start_daemon("--fw4-model", str(model),
+                         "--early-drop" if early_drop else "--no-early-drop")
+        accepted = long_flow(lab, "udp", 44000, count=400)
+        # 2 s of probes; the first ~0.6 s go to the stack while conntrack gets its chance
+        probe = lab.traffic(lab.server, "udp", ROUTER_WAN4, port=9999, count=400,
+                            interval=0.005, sport=44100, oneway=1)
+        assert probe["sent"] == 400
+        result = finish(accepted)
+        assert result["received"] == result["sent"] and result["corrupt"] == 0
+        assert sum(f["packets"] for f in flows_of(lab, 44000)) > 0
+        dropped = flows_of(lab, 44100, state="drop")
+        if early_drop:
+            assert dropped, "no DROP entry for the probe"
+            assert "fw4 drop" in dropped[0]["reason"], dropped
+            assert lab.stats()["drop"] >= 200     # most of the probe died in the fast path
+            assert dropped[0]["packets"] >= 200
+        else:
+            assert dropped == [] and lab.stats()["drop"] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import os
 from collections import deque
 import logging
 import selectors
@@ -21,15 +22,18 @@ from typing import Callable
 
 from pyroute2 import IPRoute
 
-from fw_ebpf import api, maps
-from fw_ebpf.config import Settings
+from fw_ebpf import api, maps, ubus_api
+from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
+from fw_ebpf.ubus_api import CallQueue
 from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.libbpf import BpfMap, RingBuffer
 from fw_ebpf.loader import DEFAULT_PIN_DIR, Loader
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
+from fw_ebpf.policy import Policy, Query, Verdict
+from fw_ebpf import fw4
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
 
@@ -37,6 +41,8 @@ log = logging.getLogger("fw_ebpf.daemon")
 
 # Conntrack confirms a flow only after its first packet left the stack: retry this soon
 RETRY_DELAYS = (0.005, 0.02, 0.1, 0.5)
+# How long an early-drop verdict holds before the flow is looked at again
+DROP_TTL_NS = 30 * 10**9
 # A PENDING entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # Ineligible for good: write PASS rather than asking conntrack on every retry
@@ -52,6 +58,7 @@ class Paths:
     pin_dir: str = DEFAULT_PIN_DIR
     control: str = DEFAULT_PATH
     config: str | None = None
+    fw4_model: str | None = None    # fw4's model as JSON; None: ask the ucode hook if present
 
 
 class Daemon:
@@ -85,12 +92,17 @@ class Daemon:
             self.ct_events = stack.enter_context(ConntrackEvents())
             self.resolver = stack.enter_context(NextHopResolver())
             self.rt_events = stack.enter_context(RtEvents())
+            self.policy = self._load_policy()
             self._attach_interfaces(stack)
             self._readopt()   # needs the hook modes; until then XDP passes (empty devmap)
             self.ring = stack.enter_context(RingBuffer(self.loader.map("ebpfw_events"),
                                                        self._on_ring_record))
             self.control = ControlServer(self.paths.control, api.handlers(self))
             stack.callback(self.control.close)
+            self.calls = CallQueue()
+            stack.callback(self.calls.close)
+            if ubus_api.available():
+                stack.callback(ubus_api.UbusServer(api.handlers(self), self.calls).close)
             self._loop()
         log.info("stopped")
         return 0
@@ -148,6 +160,7 @@ class Daemon:
         sel.register(self.ct_events.fileno(), selectors.EVENT_READ, self._on_conntrack)
         sel.register(self.rt_events.fileno(), selectors.EVENT_READ, self._on_rtnetlink)
         sel.register(self.control.fileno(), selectors.EVENT_READ, self.control.serve_ready)
+        sel.register(self.calls.fileno(), selectors.EVENT_READ, self.calls.run_ready)
         log.info("running: %d interfaces, %d flows re-adopted",
                  len(self.loader.attachments), len(self.book.in_state(State.FORWARD)))
         try:
@@ -201,12 +214,39 @@ class Daemon:
                     self._evict(key, "tcp close")
 
     def _schedule_retry(self, rec: FlowRecord, attempt: int) -> None:
-        if attempt < len(RETRY_DELAYS):
-            self._retry_seq += 1
-            heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAYS[attempt],
-                                           self._retry_seq, rec.key))
-            rec.attempts = attempt + 1
-            rec.reason = "waiting for conntrack"
+        if attempt >= len(RETRY_DELAYS):
+            self._no_conntrack(rec)
+            return
+        self._retry_seq += 1
+        heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAYS[attempt],
+                                       self._retry_seq, rec.key))
+        rec.attempts = attempt + 1
+        rec.reason = "waiting for conntrack"
+
+    def _no_conntrack(self, rec: FlowRecord) -> None:
+        """The kernel kept no connection for this flow: fw4 dropped or rejected its packets.
+
+        Only a verdict the policy is certain is DROP becomes a DROP entry; a REJECT must still
+        be answered by the stack, and anything else stays with it.
+        """
+        rec.reason = "no conntrack entry"
+        if self.policy is None:
+            return
+        t = rec.info.tuple
+        try:
+            in_device = socket.if_indextoname(self.resolver.l3_input(rec.info.ifindex,
+                                                                     rec.info.vlan))
+        except OSError:
+            return
+        decision = self.policy.decide(Query(family=t.saddr.version, l4proto=t.l4proto,
+                                            saddr=t.saddr, daddr=t.daddr, sport=t.sport,
+                                            dport=t.dport, in_device=in_device))
+        rec.reason = f"no conntrack entry; fw4 {decision.verdict.name.lower()}: {decision.reason}"
+        if decision.verdict == Verdict.DROP:
+            self.flows_map.update(rec.key, maps.encode_verdict(
+                State.DROP, expires_ns=time.monotonic_ns() + DROP_TTL_NS))
+            rec.state = State.DROP
+            log.debug("early drop %s: %s", t, decision.reason)
 
     def _run_retries(self) -> None:
         now = time.monotonic()
@@ -215,6 +255,23 @@ class Daemon:
             rec = self.book.get(key)
             if rec is not None and rec.state == State.PENDING:
                 self._admit(rec, attempt=rec.attempts)
+
+    def _load_policy(self) -> Policy | None:
+        """fw4's verdicts for early drop, or None (early drop off or no model to read)."""
+        if not self.settings.early_drop:
+            return None
+        try:
+            if self.paths.fw4_model is not None:
+                model = fw4.load_model(self.paths.fw4_model)
+            elif os.path.exists(fw4.HOOK_CMD[1]):
+                model = fw4.model_from_hook()
+            else:
+                log.info("early drop off: no fw4 model (%s is missing)", fw4.HOOK_CMD[1])
+                return None
+        except (OSError, ValueError) as e:
+            log.warning("early drop off: %s", e)
+            return None
+        return Policy(model, self.resolver.is_local, self.resolver.out_device)
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -350,6 +407,7 @@ class Daemon:
 
     def resync(self) -> dict[str, int]:
         """After a firewall reload: forget PASS/DROP verdicts, re-check every FORWARD flow."""
+        self.policy = self._load_policy()     # fw4 reloaded: its model may have changed
         dropped = 0
         for rec in self.book.in_state(State.PASS, State.DROP):
             self._evict(rec.key, "resync")
@@ -437,7 +495,7 @@ class Daemon:
         seen: set[bytes] = set()
         for key, value in self.flows_map.lookup_batch(4096):
             seen.add(key)
-            packets, nbytes, last_seen, _expires, state, _flags = _VALUE.unpack_from(value)
+            packets, nbytes, last_seen, expires, state, _flags = _VALUE.unpack_from(value)
             rec = self.book.get(key)
             if rec is None:
                 self._adopt(key, State(state))
@@ -451,6 +509,8 @@ class Daemon:
                     refresh.add(rec.ct)
             elif rec.state in (State.PENDING, State.PASS) and start - rec.created > PENDING_TTL:
                 self._evict(key, "undecided")
+            elif rec.state == State.DROP and now_ns >= expires:
+                self._evict(key, "drop verdict expired")
         for key in [k for k in self.book.records if k not in seen]:
             self.book.remove(key)    # the LRU evicted it
         for ct in idle:
@@ -503,6 +563,10 @@ class Daemon:
             return
         try:
             new = self._reload_settings()
+        except Disabled as e:
+            log.info("reload: %s: stopping", e)
+            self.request_stop()
+            return
         except ValueError as e:
             log.error("reload: %s (keeping the running configuration)", e)
             return

@@ -30,6 +30,7 @@ WaitFor = Literal["neigh", "fdb", "route", "unsupported"]
 AF_BRIDGE = 7
 ARPHRD_ETHER = 1
 IFF_UP = 0x1
+RTN_LOCAL = 2
 RTN_UNICAST = 1
 RTEXT_FILTER_BRVLAN = 2
 BRIDGE_VLAN_INFO_PVID = 0x2
@@ -427,6 +428,31 @@ class NextHopResolver:
             kind = RTN_NAMES.get(route["type"], str(route["type"]))
             raise Unresolved("route", f"{where} is {kind}, not forwarded")
         return route
+
+    def _lookup(self, daddr: Address) -> Any | None:
+        """The route the router itself would use to daddr (no input device), or None."""
+        msg = _RouteGet()
+        msg["family"] = _family(daddr)
+        msg["dst_len"] = daddr.max_prefixlen
+        msg["attrs"] = [("RTA_DST", str(daddr))]
+        try:
+            reply = self._ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
+        except NetlinkError:
+            return None
+        return reply[0] if reply else None
+
+    def is_local(self, addr: Address) -> bool:
+        """The router owns addr: fw4's input chain decides packets to it."""
+        route = self._lookup(addr)
+        return route is not None and route["type"] == RTN_LOCAL
+
+    def out_device(self, addr: Address) -> str | None:
+        """Name of the L3 device the route to addr leaves by (fw4's destination zone)."""
+        route = self._lookup(addr)
+        if route is None or route["type"] != RTN_UNICAST:
+            return None
+        link = self.links().get(route.get_attr("RTA_OIF") or 0)
+        return link.name if link else None
 
     def _name(self, index: int) -> str:
         lk = self.links().get(index)
