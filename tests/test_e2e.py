@@ -330,19 +330,23 @@ def test_early_drop_kills_dropped_flows_in_the_fast_path(early_drop: bool):
         lab.start_echo_server(lab.server)
         lab.start_daemon("--fw4-model", str(model),
                          "--early-drop" if early_drop else "--no-early-drop")
-        accepted = long_flow(lab, "udp", 44000, count=400)
+        accepted = long_flow(lab, "udp", 44000, count=800)
         # 2 s of probes; the first ~0.6 s go to the stack while conntrack gets its chance
         probe = lab.traffic(lab.server, "udp", ROUTER_WAN4, port=9999, count=400,
                             interval=0.005, sport=44100, oneway=1)
         assert probe["sent"] == 400
-        result = finish(accepted)
-        assert result["received"] == result["sent"] and result["corrupt"] == 0
-        assert sum(f["packets"] for f in flows_of(lab, 44000)) > 0
         dropped = flows_of(lab, 44100, state="drop")
         if early_drop:
             assert dropped, "no DROP entry for the probe"
             assert "fw4 drop" in dropped[0]["reason"], dropped
             assert lab.stats()["drop"] >= 200     # most of the probe died in the fast path
             assert dropped[0]["packets"] >= 200
+            # fw4 reloaded: verdicts go, the established flow stays offloaded
+            assert lab.ctl("resync")["verdicts_flushed"] >= 1
+            assert flows_of(lab, 44100, state="drop") == []
         else:
             assert dropped == [] and lab.stats()["drop"] == 0
+        assert len(flows_of(lab, 44000)) == 2
+        result = finish(accepted)
+        assert result["received"] == result["sent"] and result["corrupt"] == 0
+        assert sum(f["packets"] for f in flows_of(lab, 44000, state=None)) > 0

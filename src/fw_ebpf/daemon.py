@@ -406,8 +406,10 @@ class Daemon:
         return len(keys)
 
     def resync(self) -> dict[str, int]:
-        """After a firewall reload: forget PASS/DROP verdicts, re-check every FORWARD flow."""
-        self.policy = self._load_policy()     # fw4 reloaded: its model may have changed
+        """After a firewall reload: re-read the configuration and fw4's model, forget PASS and
+        DROP verdicts, re-check every FORWARD flow (kept when still valid)."""
+        self.reload()
+        self.policy = self._load_policy()
         dropped = 0
         for rec in self.book.in_state(State.PASS, State.DROP):
             self._evict(rec.key, "resync")
