@@ -9,33 +9,32 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import os
-from collections import deque
 import logging
+import os
 import selectors
 import signal
 import socket
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
 from pyroute2 import IPRoute
 
-from fw_ebpf import api, maps, ubus_api
+from fw_ebpf import api, fw4, maps, ubus_api
+from fw_ebpf import conntrack as ctmod
+from fw_ebpf import nexthop as nhmod
 from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
-from fw_ebpf.ubus_api import CallQueue
 from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.libbpf import BpfMap, RingBuffer
 from fw_ebpf.loader import DEFAULT_PIN_DIR, Loader
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
 from fw_ebpf.policy import Policy, Query, Verdict
-from fw_ebpf import fw4
-from fw_ebpf import conntrack as ctmod
-from fw_ebpf import nexthop as nhmod
+from fw_ebpf.ubus_api import CallQueue
 
 log = logging.getLogger("fw_ebpf.daemon")
 
@@ -202,12 +201,10 @@ class Daemon:
         self._ring_events.clear()
         for raw in events:
             kind, key = maps.split_event(raw)
-            log.debug("fast path event %d: %s", kind, maps.decode_key(key).tuple)
             if kind == maps.EventType.NEW:
                 self._admit(self.book.add(key))
             elif kind == maps.EventType.CLOSING:
                 rec = self.book.get(key)
-                log.debug("closing: %s", rec.info.tuple if rec else key.hex())
                 if rec is not None and rec.ct is not None:
                     self.evict_connection(rec.ct, "tcp close")
                 else:
