@@ -42,6 +42,8 @@ log = logging.getLogger("fw_ebpf.daemon")
 RETRY_DELAYS = (0.005, 0.02, 0.1, 0.5)
 # How long an early-drop verdict holds before the flow is looked at again
 DROP_TTL_NS = 30 * 10**9
+# fw4 includes these in its table; their rules are not in fw4's model
+NFT_INCLUDE_DIR = "/etc/nftables.d"
 # A PENDING entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # Ineligible for good: write PASS rather than asking conntrack on every retry
@@ -267,6 +269,11 @@ class Daemon:
                 return None
         except (OSError, ValueError) as e:
             log.warning("early drop off: %s", e)
+            return None
+        includes = user_includes(NFT_INCLUDE_DIR)
+        if includes:
+            log.warning("early drop off: rules in %s may accept what fw4's model drops",
+                        ", ".join(includes))
             return None
         return Policy(model, self.resolver.is_local, self.resolver.out_device)
 
@@ -595,6 +602,20 @@ def _keep_counters(old: bytes | None, new: bytes) -> bytes:
     if old is None:
         return new
     return old[:24] + new[24:]
+
+
+def user_includes(directory: str) -> list[str]:
+    """The *.nft files fw4 would include that hold anything but comments."""
+    found = []
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if not name.endswith(".nft") or not os.path.isfile(path):
+                continue
+            with open(path, errors="replace") as f:
+                if any(line.strip() and not line.lstrip().startswith("#") for line in f):
+                    found.append(path)
+    return found
 
 
 def lowest_devices() -> list[str]:
