@@ -350,3 +350,16 @@ def test_early_drop_kills_dropped_flows_in_the_fast_path(early_drop: bool):
         result = finish(accepted)
         assert result["received"] == result["sent"] and result["corrupt"] == 0
         assert sum(f["packets"] for f in flows_of(lab, 44000, state=None)) > 0
+
+
+def test_tcp_with_one_direction_offloaded_keeps_working(lab: Lab):
+    """Only the WAN side attached: replies take the fast path, requests the stack. Conntrack
+    then sees ACKs for data it never saw; without BE_LIBERAL they are INVALID and fw4 drops
+    them ("Prevent NAT leakage") or resets the connection."""
+    lab.start_daemon(mode="xdp-generic", interfaces=("eth1",))
+    proc = long_flow(lab, "tcp", 44200, count=400, hold=0.6)
+    lab.wait_for(lambda: flows_of(lab, 44200), what="reply direction offloaded",
+                 timeout=OFFLOAD_WAIT)
+    result, bpf_packets, _ = watch(lab, 44200, proc)
+    assert result["received"] == result["sent"] == 400 and result["corrupt"] == 0
+    assert bpf_packets > 200

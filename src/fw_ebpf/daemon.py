@@ -298,13 +298,19 @@ class Daemon:
             if why.startswith(FINAL_REASONS):
                 self._write_verdict(rec, State.PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
+        new_connection = entry.orig not in self._ct_expiry
+        tcp = entry.orig.l4proto == socket.IPPROTO_TCP
+        if new_connection and tcp:
+            # before the first FORWARD entry: while one direction is offloaded, the other's
+            # packets reach conntrack acking data it never saw; without this they are INVALID
+            # and fw4's forward chain answers them with a reset
+            self.conntrack.set_liberal(entry.orig)
         nh = self._forward(entry, rec, direction)
         if nh is None:
             return
         self._pair(entry, rec, direction, nh)
-        if entry.orig not in self._ct_expiry:
-            # after both directions are written, so the stack sees (almost) no more packets
-            if entry.orig.l4proto == socket.IPPROTO_TCP:
+        if new_connection:
+            if tcp:   # again: stack-seen ACKs set MAXACK meanwhile, and that breaks RST checks
                 self.conntrack.set_liberal(entry.orig)
             self._ct_expiry[entry.orig] = time.monotonic() + entry.timeout
 
