@@ -63,7 +63,7 @@ enum ebpfw_state {
 struct ebpfw_flow {
 	__u64 packets;		/* forwarded by the fast path */
 	__u64 bytes;		/* L3 bytes forwarded */
-	__u64 last_seen_ns;	/* bpf_ktime_get_ns() of the last packet seen */
+	__u64 last_seen_ns;	/* CLOCK_MONOTONIC (coarse) of the last packet seen */
 	__u64 expires_ns;	/* DROP: verdict ends at this time */
 	__u8 state;		/* enum ebpfw_state */
 	__u8 flags;		/* EBPFW_F_* */
