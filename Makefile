@@ -55,8 +55,10 @@ test: deps bpf
 demo: deps bpf
 	$(PY) tests/demo.py
 
+# Benchmarks (issue #5): JSON + plots in bench/results/, docs/BENCHMARKS.md; about 15 minutes
 bench: deps bpf
-	@echo "make bench: not yet (benchmarks land with issue #5)"
+	$(PY) -m pip install -q -e '.[bench,test]'
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(BUILD) .pytest_cache
