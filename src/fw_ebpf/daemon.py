@@ -76,7 +76,8 @@ class Daemon:
         self._retries: list[tuple[float, int, bytes]] = []
         self._retry_seq = 0
         self._next_sweep = 0.0
-        self._revalidate = False
+        self._revalidate = False            # every flow's next hop to be re-resolved
+        self._stale: set[bytes] = set()     # these flows' next hops to be re-resolved
         self._shaped_cache: dict[int, tuple[float, bool]] = {}
         self.last_sweep_s = 0.0
         self._modes: dict[int, str] = {}     # attached ifindex -> hook mode
@@ -169,9 +170,8 @@ class Daemon:
                 for key, _ in sel.select(self._timeout()):
                     key.data()
                 self._drain_ring()
-                if self._revalidate:
-                    self._revalidate = False
-                    self._revalidate_all()
+                if self._revalidate or self._stale:
+                    self._revalidate_flows()
                 self._run_retries()
                 if time.monotonic() >= self._next_sweep:
                     self.sweep()
@@ -305,33 +305,36 @@ class Daemon:
             # packets reach conntrack acking data it never saw; without this they are INVALID
             # and fw4's forward chain answers them with a reset
             self.conntrack.set_liberal(entry.orig)
-        nh = self._forward(entry, rec, direction)
+        nh = self._forward(rec, entry.egress(direction), entry.mark)
         if nh is None:
             return
-        self._pair(entry, rec, direction, nh)
+        self._pair(rec, nh)
         if new_connection:
             if tcp:   # again: stack-seen ACKs set MAXACK meanwhile, and that breaks RST checks
                 self.conntrack.set_liberal(entry.orig)
             self._ct_expiry[entry.orig] = time.monotonic() + entry.timeout
 
-    def _pair(self, entry: CtEntry, rec: FlowRecord, direction: Direction, nh: NextHop) -> None:
-        # the reply enters where this direction leaves (symmetric routing); if not, its own
-        # first packet asks for it like any other flow
-        other = Direction.REPLY if direction == Direction.ORIGINAL else Direction.ORIGINAL
-        if nh.oif not in self._modes:
+    def _pair(self, rec: FlowRecord, nh: NextHop) -> None:
+        """Offloads the other direction too, where it enters if routing is symmetric: on the
+        device this one leaves by, as this one's egress tuple reversed. If it enters elsewhere,
+        its own first packet asks for it like any other flow."""
+        if nh.oif not in self._modes or rec.egress is None or rec.ct is None:
             return
         vids = tuple(t & 0x0FFF for t in nh.vlans) + (0, 0)
-        other_key = maps.encode_key(nh.oif, entry.ingress(other), vlan=(vids[0], vids[1]))
+        other_key = maps.encode_key(nh.oif, _reverse(rec.egress), vlan=(vids[0], vids[1]))
         other_rec = self.book.add(other_key)
         if other_rec.state == State.PENDING:
-            self.book.bind(other_rec, entry.orig, other)
-            self._forward(entry, other_rec, other)
+            other = Direction.REPLY if rec.direction == Direction.ORIGINAL else Direction.ORIGINAL
+            self.book.bind(other_rec, rec.ct, other)
+            self._forward(other_rec, _reverse(rec.info.tuple), rec.mark)
 
-    def _forward(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> NextHop | None:
-        ingress, egress = entry.ingress(direction), entry.egress(direction)
+    def _forward(self, rec: FlowRecord, egress: maps.Tuple, mark: int) -> NextHop | None:
+        """Writes (or rewrites) the FORWARD entry of one direction, leaving as egress."""
+        ingress = rec.info.tuple
+        rec.egress, rec.mark = egress, mark    # all a later re-resolve needs
         try:
             iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
-            nh = self.resolver.resolve(egress.daddr, ingress.saddr, iif, mark=entry.mark)
+            nh = self.resolver.resolve(egress.daddr, ingress.saddr, iif, mark=mark)
         except Unresolved as e:
             log.debug("no next hop for %s: %s", egress, e.reason)
             rec.reason = f"next hop: {e.reason}"
@@ -355,8 +358,7 @@ class Daemon:
             first_ns = _VALUE.unpack_from(old)[2]
             if first_ns:
                 self.admission_ms.append((time.monotonic_ns() - first_ns) / 1e6)
-        rec.state, rec.reason, rec.nexthop, rec.egress, rec.tc_only = \
-            State.FORWARD, "offloaded", nh, egress, tc_only
+        rec.state, rec.reason, rec.nexthop, rec.tc_only = State.FORWARD, "offloaded", nh, tc_only
         log.debug("forward %s -> %s via ifindex %d", ingress, egress, nh.oif)
         return nh
 
@@ -427,7 +429,8 @@ class Daemon:
         forward = self.book.in_state(State.FORWARD)
         self.resolver.invalidate()
         self._recheck_connections()
-        self._revalidate_all()
+        self._revalidate = True
+        self._revalidate_flows()
         return {"verdicts_flushed": dropped, "revalidated": len(forward)}
 
     # -- conntrack and rtnetlink events ---------------------------------------------------------
@@ -469,27 +472,36 @@ class Daemon:
 
     def _on_rtnetlink(self) -> None:
         try:
-            changed = bool(self.rt_events.read())
+            events = self.rt_events.read()
         except nhmod.EventsLost:
-            changed = True
-        if changed:
-            self.resolver.invalidate()
-            self._shaped_cache.clear()
-            self._revalidate = True
-
-    def _revalidate_all(self) -> None:
-        """Routing, neighbours or links changed: re-resolve every flow that has a connection."""
-        for rec in list(self.book.records.values()):
-            if rec.ct is None or rec.state not in (State.FORWARD, State.PENDING):
-                continue
-            found = self.conntrack.get(rec.ct)
-            if found is None:
-                self.evict_connection(rec.ct, "conntrack entry gone")
-                continue
-            if rec.state == State.FORWARD:
-                self._forward(found, rec, rec.direction or Direction.ORIGINAL)
+            self._revalidate = True    # everything
+            events = []
+        if not events and not self._revalidate:
+            return
+        self.resolver.invalidate()
+        self._shaped_cache.clear()
+        for ev in events:
+            if ev.kind in ("route", "addr"):
+                self._revalidate = True    # any flow may take another path now
             else:
-                self._offload(found, rec, rec.direction or Direction.ORIGINAL)
+                self._stale.update(r.key for r in self.book.records.values() if _affects(ev, r))
+
+    def _revalidate_flows(self) -> None:
+        """Re-resolves the next hop of the flows routing events may have changed: all of them
+        after a route or address change, else those on the changed link, neighbour or port."""
+        if self._revalidate:
+            self._revalidate, self._stale = False, set()
+            recs = list(self.book.records.values())
+        else:
+            recs = [r for k in self._stale if (r := self.book.get(k)) is not None]
+            self._stale = set()
+        for rec in recs:
+            if rec.egress is None or rec.state not in (State.FORWARD, State.PENDING):
+                continue
+            was_pending = rec.state == State.PENDING
+            nh = self._forward(rec, rec.egress, rec.mark)
+            if nh is not None and was_pending:
+                self._pair(rec, nh)
 
     # -- sweep ----------------------------------------------------------------------------------
 
@@ -562,7 +574,7 @@ class Daemon:
         entry, direction = found
         self.book.bind(rec, entry.orig, direction)
         rec.state = State.FORWARD
-        self._forward(entry, rec, direction)   # keeps the entry, refreshes its next hop
+        self._forward(rec, entry.egress(direction), entry.mark)   # keeps counters, new next hop
 
     def _readopt(self) -> None:
         for key, value in self.flows_map.lookup_batch(4096):
@@ -601,6 +613,25 @@ class Daemon:
 
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
+
+
+def _reverse(t: maps.Tuple) -> maps.Tuple:
+    return maps.Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
+
+
+def _affects(ev: nhmod.RtEvent, rec: FlowRecord) -> bool:
+    """Whether a link, neighbour or FDB event can change this flow's next hop."""
+    nh = rec.nexthop
+    if nh is None:      # PENDING for want of a next hop: any such event may bring it
+        return rec.egress is not None
+    if ev.kind == "link":
+        return ev.ifindex in (nh.oif, nh.l3_oif, rec.info.ifindex)
+    if ev.kind == "neigh":
+        # most neighbour events are state changes (REACHABLE -> STALE) of the same MAC
+        return ev.address == nh.neigh and (ev.action == "del" or ev.lladdr != nh.dmac)
+    if ev.kind == "fdb":
+        return ev.lladdr == nh.dmac
+    return True
 
 
 def _keep_counters(old: bytes | None, new: bytes) -> bytes:

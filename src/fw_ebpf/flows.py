@@ -16,7 +16,7 @@ from fw_ebpf.maps import KeyInfo, State, Tuple
 from fw_ebpf.nexthop import NextHop
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowRecord:
     key: bytes
     info: KeyInfo
@@ -25,6 +25,7 @@ class FlowRecord:
     ct: Tuple | None = None             # original tuple of the owning conntrack entry
     direction: Direction | None = None
     egress: Tuple | None = None         # tuple after NAT
+    mark: int = 0                       # conntrack mark (routing may depend on it)
     nexthop: NextHop | None = None
     tc_only: bool = False
     created: float = field(default_factory=time.monotonic)

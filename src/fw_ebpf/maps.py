@@ -170,7 +170,7 @@ def _addr(l3proto: int, raw: bytes) -> IPAddress:
     return ipaddress.IPv6Address(bytes(raw))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Tuple:
     """One direction of a connection as Python values."""
 
@@ -197,7 +197,7 @@ def encode_key(ifindex: int, t: Tuple, vlan: tuple[int, int] = (0, 0), pppoe_sid
     return bytes(key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyInfo:
     ifindex: int
     tuple: Tuple

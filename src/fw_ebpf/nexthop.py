@@ -68,7 +68,7 @@ class EventsLost(Exception):
     """The kernel dropped rtnetlink events (ENOBUFS): every cached decision must be revalidated."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NextHop:
     oif: int                 # lowest device: the one the frame is transmitted on
     l3_oif: int              # the device the route points at
