@@ -94,10 +94,13 @@ static __always_inline bool heartbeat_fresh(__u64 now)
 	       (__s64)(now - rt->heartbeat_ns) <= (__s64)ebpfw_cfg.heartbeat_timeout_ns;
 }
 
-/* Unknown flow: note it once for the daemon (BPF_NOEXIST makes it once) */
-static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt *p, __u64 now)
+/*
+ * Unknown flow: note it once for the daemon (BPF_NOEXIST makes it once). The
+ * fine clock, once per flow: the daemon measures admission latency from it.
+ */
+static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt *p)
 {
-	struct ebpfw_flow pending = { .state = EBPFW_PENDING, .last_seen_ns = now };
+	struct ebpfw_flow pending = { .state = EBPFW_PENDING, .last_seen_ns = bpf_ktime_get_ns() };
 
 	if (p->tcp_flags & (TCPF_FIN_ | TCPF_RST_))
 		return pass(st, EBPFW_PASS_TCP_CLOSE);
@@ -122,7 +125,7 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 		return pass(st, EBPFW_PASS_HEARTBEAT);
 	f = bpf_map_lookup_elem(&ebpfw_flows, &p->key);
 	if (!f)
-		return flow_miss(st, p, now);
+		return flow_miss(st, p);
 
 	switch (f->state) {
 	case EBPFW_PENDING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from fw_ebpf import maps
-from fw_ebpf.daemon import _affects
+from fw_ebpf.daemon import Changes
 from fw_ebpf.flows import FlowBook
 from fw_ebpf.nexthop import NextHop, RtEvent
 
@@ -13,6 +13,12 @@ GW = ipaddress.ip_address("203.0.113.1")
 MAC = bytes.fromhex("020000000102")
 T = maps.Tuple(17, ipaddress.ip_address("192.168.1.10"), ipaddress.ip_address("198.51.100.20"),
                40000, 443)
+
+
+def _affects(ev: RtEvent, rec) -> bool:
+    changes = Changes()
+    changes.add(ev)
+    return changes.affect(rec)
 
 
 def forwarded(in_ifindex: int = 2, oif: int = 3):

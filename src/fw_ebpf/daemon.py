@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pyroute2 import IPRoute
@@ -480,11 +480,15 @@ class Daemon:
             return
         self.resolver.invalidate()
         self._shaped_cache.clear()
+        changed = Changes()
         for ev in events:
             if ev.kind in ("route", "addr"):
                 self._revalidate = True    # any flow may take another path now
             else:
-                self._stale.update(r.key for r in self.book.records.values() if _affects(ev, r))
+                changed.add(ev)
+        if not self._revalidate and changed:
+            # one pass over the flows per batch of events, not one per event
+            self._stale.update(r.key for r in self.book.records.values() if changed.affect(r))
 
     def _revalidate_flows(self) -> None:
         """Re-resolves the next hop of the flows routing events may have changed: all of them
@@ -619,19 +623,35 @@ def _reverse(t: maps.Tuple) -> maps.Tuple:
     return maps.Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
 
 
-def _affects(ev: nhmod.RtEvent, rec: FlowRecord) -> bool:
-    """Whether a link, neighbour or FDB event can change this flow's next hop."""
-    nh = rec.nexthop
-    if nh is None:      # PENDING for want of a next hop: any such event may bring it
-        return rec.egress is not None
-    if ev.kind == "link":
-        return ev.ifindex in (nh.oif, nh.l3_oif, rec.info.ifindex)
-    if ev.kind == "neigh":
+@dataclass
+class Changes:
+    """A batch of link, neighbour and FDB events, as what they can change."""
+
+    links: set[int] = field(default_factory=set)
+    neighs: dict[object, tuple[str, bytes | None]] = field(default_factory=dict)
+    macs: set[bytes] = field(default_factory=set)
+
+    def add(self, ev: nhmod.RtEvent) -> None:
+        if ev.kind == "link":
+            self.links.add(ev.ifindex)
+        elif ev.kind == "neigh":
+            self.neighs[ev.address] = (ev.action, ev.lladdr)
+        elif ev.kind == "fdb" and ev.lladdr is not None:
+            self.macs.add(ev.lladdr)
+
+    def __bool__(self) -> bool:
+        return bool(self.links or self.neighs or self.macs)
+
+    def affect(self, rec: FlowRecord) -> bool:
+        """Whether these events can change this flow's next hop."""
+        nh = rec.nexthop
+        if nh is None:      # PENDING for want of a next hop: any such event may bring it
+            return rec.egress is not None
+        if self.links & {nh.oif, nh.l3_oif, rec.info.ifindex} or nh.dmac in self.macs:
+            return True
+        neigh = self.neighs.get(nh.neigh)
         # most neighbour events are state changes (REACHABLE -> STALE) of the same MAC
-        return ev.address == nh.neigh and (ev.action == "del" or ev.lladdr != nh.dmac)
-    if ev.kind == "fdb":
-        return ev.lladdr == nh.dmac
-    return True
+        return neigh is not None and (neigh[0] == "del" or neigh[1] != nh.dmac)
 
 
 def _keep_counters(old: bytes | None, new: bytes) -> bytes:
