@@ -335,9 +335,10 @@ def _control(c: Results | None) -> list[str]:
                    f"{_mmm(s['rss_mb'], digits=1)} | {_mmm(s['sweep_ms'], digits=1)} | "
                    f"{_mmm(s.get('revalidate_s'))} |")
     out += ["", "Re-resolving every flow (`ebpfw resync`, timed at the smallest size) is what the "
-            "daemon does on every route, neighbour or link event; with dynamic neighbours (a "
-            "neighbour going STALE is an event) the lab never settles, so the steady-state "
-            "windows run with permanent neighbours on the router."]
+            "daemon does after a route or address change; link, neighbour and FDB events only "
+            "re-resolve the flows they touch, and a neighbour state change that keeps its MAC "
+            "(REACHABLE -> STALE) touches none. The steady-state windows run with permanent "
+            "neighbours on the router all the same, to measure the daemon alone."]
     return out + ["", _img("control.png"), ""]
 
 
