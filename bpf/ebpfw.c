@@ -109,6 +109,14 @@ static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt
 	return pass(st, EBPFW_PASS_MISS);
 }
 
+/* A packet the fast path handles itself (forwarded or dropped) */
+static __always_inline void account(struct ebpfw_flow *f, const struct pkt *p, __u64 now)
+{
+	f->packets++;
+	f->bytes += p->l3_len;
+	f->last_seen_ns = now;
+}
+
 /*
  * The decision shared by both hooks. FORWARD only when every check that the
  * fast path cannot do as well as the stack has passed; nothing is modified.
@@ -133,9 +141,7 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	case EBPFW_DROP:
 		if (now >= f->expires_ns)
 			return pass(st, EBPFW_PASS_DROP_EXPIRED);
-		f->packets++;
-		f->bytes += p->l3_len;
-		f->last_seen_ns = now;
+		account(f, p, now);
 		count(st, EBPFW_CNT_DROP);
 		return V_DROP;
 	case EBPFW_FORWARD:
@@ -162,9 +168,7 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	    ((struct udphdr *)p->l4)->check == 0)
 		return pass(st, EBPFW_PASS_UDP_ZERO_CSUM);
 
-	f->packets++;
-	f->bytes += p->l3_len;
-	f->last_seen_ns = now;
+	account(f, p, now);
 	*flow = f;
 	return V_FORWARD;
 }
