@@ -78,3 +78,8 @@ def test_every_header_enumerator_is_mirrored():
     c_names = [line.split(",")[0].split("=")[0].strip() for line in body.splitlines()[1:]
                if line.strip().startswith("EBPFW_")]
     assert c_names == [c.c_name for c in maps.Counter]
+
+
+def test_flow_head_unpacks_the_flow_mirror():
+    flow = maps.Flow(packets=1, bytes=2, last_seen_ns=3, expires_ns=4, state=5, flags=6)
+    assert maps.FLOW_HEAD.unpack_from(bytes(flow)) == (1, 2, 3, 4, 5, 6)

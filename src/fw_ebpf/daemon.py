@@ -50,9 +50,6 @@ PENDING_TTL = 10.0
 FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "ets"})
 
-_VALUE = struct.Struct("=QQQQBB")   # packets, bytes, last_seen_ns, expires_ns, state, flags
-
-
 @dataclass(frozen=True)
 class Paths:
     object_dir: str | None = None
@@ -355,7 +352,7 @@ class Daemon:
         self.flows_map.update(rec.key, value)
         if rec.state == State.PENDING and old is not None:
             # a PENDING entry's last_seen is when the fast path saw the flow's first packet
-            first_ns = _VALUE.unpack_from(old)[2]
+            first_ns = maps.FLOW_HEAD.unpack_from(old)[2]
             if first_ns:
                 self.admission_ms.append((time.monotonic_ns() - first_ns) / 1e6)
         rec.state, rec.reason, rec.nexthop, rec.tc_only = State.FORWARD, "offloaded", nh, tc_only
@@ -523,7 +520,7 @@ class Daemon:
         seen: set[bytes] = set()
         for key, value in self.flows_map.lookup_batch(4096):
             seen.add(key)
-            packets, nbytes, last_seen, expires, state, _flags = _VALUE.unpack_from(value)
+            packets, nbytes, last_seen, expires, state, _flags = maps.FLOW_HEAD.unpack_from(value)
             rec = self.book.get(key)
             if rec is None:
                 self._adopt(key, State(state))
@@ -582,7 +579,7 @@ class Daemon:
 
     def _readopt(self) -> None:
         for key, value in self.flows_map.lookup_batch(4096):
-            self._adopt(key, State(_VALUE.unpack_from(value)[4]))
+            self._adopt(key, State(maps.FLOW_HEAD.unpack_from(value)[4]))
 
     # -- configuration --------------------------------------------------------------------------
 

@@ -136,6 +136,11 @@ class Flow(ctypes.Structure):
     ]
 
 
+# The head of a Flow value, for the sweep's fast unpacking of many values:
+# packets, bytes, last_seen_ns, expires_ns, state, flags (checked against Flow by the tests)
+FLOW_HEAD = struct.Struct("=QQQQBB")
+
+
 class Event(ctypes.Structure):
     _c_name_ = "ebpfw_event"
     _fields_ = [("key", FlowKey), ("type", ctypes.c_uint32)]

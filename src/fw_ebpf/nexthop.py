@@ -362,10 +362,6 @@ class NextHopResolver:
             lk = _get(self.links(), index, "device")
         return lk
 
-    def link_is_up(self, ifindex: int) -> bool:
-        lk = self.links().get(ifindex)
-        return lk is not None and lk.up
-
     def l3_input(self, ifindex: int, vlan: tuple[int, int] = (0, 0)) -> int:
         self._link(ifindex)
         return find_l3_input(self.links(), ifindex, vlan)
