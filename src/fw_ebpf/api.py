@@ -1,22 +1,84 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""What `ebpfw status|flows|stats|flush|resync` answer, over the control socket or ubus.
+"""The methods of `ebpfw` (ubus object and control socket): signatures, validation, answers.
 
-Each handler takes the request's arguments and returns plain JSON-able data built from the
-daemon's state; the transports (control.py, ubus_api.py) only carry it.
+Each method declares its arguments the way a C ubus service does (name -> type, all optional);
+`Api.call` checks a request against that signature before the handler sees it, so a wrong type
+changes nothing and is answered with InvalidArgument. Keys a method does not declare (uhttpd adds
+`ubus_rpc_session` to every call) are ignored. Every reply is a JSON object bounded well under
+ubusd's 1 MiB message limit: the flow table is paged. The transports (control.py, ubus_api.py)
+only carry requests and replies.
 """
 from __future__ import annotations
 
+import enum
+import json
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 from fw_ebpf import maps
 
 if TYPE_CHECKING:
-    from fw_ebpf.control import Handler
     from fw_ebpf.daemon import Daemon
 
 L4_NAMES = {6: "tcp", 17: "udp"}
+FLOWS_LIMIT_DEFAULT = 100
+FLOWS_LIMIT_MAX = 1000
+# ubusd refuses messages over 1 MiB; keep every reply well below, whatever is in it
+REPLY_MAX_BYTES = 512 * 1024
 
+
+class ArgType(enum.Enum):
+    """The blobmsg types an argument can have (what the ubus binding declares)."""
+
+    STRING = "string"
+    INT = "int32"
+    BOOL = "bool"
+
+
+class InvalidArgument(ValueError):
+    """A request the method cannot take: ubus answers UBUS_STATUS_INVALID_ARGUMENT."""
+
+
+class UnknownMethod(LookupError):
+    """ubus answers UBUS_STATUS_METHOD_NOT_FOUND."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    type: ArgType
+    choices: tuple[str, ...] = ()
+    min: int | None = None
+    max: int | None = None
+
+    def check(self, name: str, value: Any) -> Any:
+        ok = {ArgType.STRING: isinstance(value, str),
+              ArgType.INT: isinstance(value, int) and not isinstance(value, bool),
+              ArgType.BOOL: isinstance(value, bool)}[self.type]
+        if not ok:
+            raise InvalidArgument(f"argument '{name}' must be of type {self.type.value}, "
+                                  f"not {type(value).__name__}")
+        if self.choices and value not in self.choices:
+            raise InvalidArgument(f"argument '{name}' is '{value}', expected one of "
+                                  f"{', '.join(self.choices)}")
+        if self.min is not None and value < self.min:
+            raise InvalidArgument(f"argument '{name}' must be at least {self.min}")
+        if self.max is not None and value > self.max:
+            raise InvalidArgument(f"argument '{name}' must be at most {self.max}")
+        return value
+
+
+Handler = Callable[["Daemon", dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    handler: Handler
+    args: dict[str, Arg] = field(default_factory=dict)
+    writes: bool = False          # changes state: the rpcd ACL grants it to admins only
+
+
+# -- handlers -------------------------------------------------------------------------------------
 
 def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     counters = d.stats()
@@ -35,59 +97,125 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def flows(d: Daemon, args: dict[str, Any]) -> list[dict[str, Any]]:
-    wanted = args.get("state")
-    out = []
+FLOW_SORTS = ("bytes", "packets", "none")
+
+
+def flows(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """One page of the flow table, filtered and sorted; `total` counts every match."""
+    state, proto, family = args.get("state"), args.get("proto"), args.get("family")
+    limit = args.get("limit", FLOWS_LIMIT_DEFAULT)
+    offset = args.get("offset", 0)
+    sort = args.get("sort", "bytes")
+    recs = [r for r in d.book.records.values()
+            if (state is None or r.state.name.lower() == state)
+            and (proto is None or L4_NAMES.get(r.info.tuple.l4proto) == proto)
+            and (family is None or r.info.tuple.saddr.version == family)]
+    if sort != "none":
+        recs.sort(key=lambda r: getattr(r, sort), reverse=True)
     now_ns = time.monotonic_ns()
-    for rec in d.book.records.values():
-        if wanted and rec.state.name.lower() != wanted:
-            continue
-        t = rec.info.tuple
-        item: dict[str, Any] = {
-            "state": rec.state.name.lower(),
-            "reason": rec.reason,
-            "ifindex": rec.info.ifindex,
-            "proto": L4_NAMES.get(t.l4proto, str(t.l4proto)),
-            "src": f"{_host(t.saddr)}:{t.sport}",
-            "dst": f"{_host(t.daddr)}:{t.dport}",
-            "packets": rec.packets,
-            "bytes": rec.bytes,
-        }
-        if rec.info.vlan != (0, 0):
-            item["vlan"] = list(rec.info.vlan)
-        if rec.info.pppoe_sid:
-            item["pppoe_sid"] = rec.info.pppoe_sid
-        if rec.direction is not None:
-            item["direction"] = rec.direction.name.lower()
-        if rec.egress is not None and rec.egress != t:
-            item["nat_src"] = f"{_host(rec.egress.saddr)}:{rec.egress.sport}"
-            item["nat_dst"] = f"{_host(rec.egress.daddr)}:{rec.egress.dport}"
-        if rec.nexthop is not None:
-            item["oif"] = rec.nexthop.oif
-            item["dmac"] = rec.nexthop.dmac.hex(":")
-            item["hook"] = "tc" if rec.tc_only else "any"
-        if rec.last_seen_ns:
-            item["idle_s"] = round(max(0, now_ns - rec.last_seen_ns) / 1e9, 2)
-        out.append(item)
-    return out
+    page = [_flow(r, now_ns) for r in recs[offset:offset + limit]]
+    return {"total": len(recs), "offset": offset, "limit": limit, "flows": page}
 
 
-def stats(d: Daemon, _args: dict[str, Any]) -> dict[str, int]:
+def _flow(rec: Any, now_ns: int) -> dict[str, Any]:
+    t = rec.info.tuple
+    item: dict[str, Any] = {
+        "state": rec.state.name.lower(),
+        "reason": rec.reason,
+        "ifindex": rec.info.ifindex,
+        "family": t.saddr.version,
+        "proto": L4_NAMES.get(t.l4proto, str(t.l4proto)),
+        "src": f"{_host(t.saddr)}:{t.sport}",
+        "dst": f"{_host(t.daddr)}:{t.dport}",
+        "packets": rec.packets,
+        "bytes": rec.bytes,
+    }
+    if rec.info.vlan != (0, 0):
+        item["vlan"] = list(rec.info.vlan)
+    if rec.info.pppoe_sid:
+        item["pppoe_sid"] = rec.info.pppoe_sid
+    if rec.direction is not None:
+        item["direction"] = rec.direction.name.lower()
+    if rec.egress is not None and rec.egress != t:
+        item["nat_src"] = f"{_host(rec.egress.saddr)}:{rec.egress.sport}"
+        item["nat_dst"] = f"{_host(rec.egress.daddr)}:{rec.egress.dport}"
+    if rec.nexthop is not None:
+        item["oif"] = rec.nexthop.oif
+        item["dmac"] = rec.nexthop.dmac.hex(":")
+        item["hook"] = "tc" if rec.tc_only else "any"
+    if rec.last_seen_ns:
+        item["idle_s"] = round(max(0, now_ns - rec.last_seen_ns) / 1e9, 2)
+    return item
+
+
+def stats(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     return {c.name.lower(): v for c, v in d.stats().items()}
 
 
-def flush(d: Daemon, _args: dict[str, Any]) -> dict[str, int]:
+def flush(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     return {"flushed": d.flush()}
 
 
-def resync(d: Daemon, _args: dict[str, Any]) -> dict[str, int]:
+def resync(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     return d.resync()
 
 
-def handlers(d: Daemon) -> dict[str, Handler]:
-    return {name: (lambda args, f=f: f(d, args)) for name, f in
-            (("status", status), ("flows", flows), ("stats", stats), ("flush", flush),
-             ("resync", resync))}
+_STATES = tuple(s.name.lower() for s in maps.State)
+
+METHODS: dict[str, Method] = {
+    "status": Method(status),
+    "flows": Method(flows, {
+        "state": Arg(ArgType.STRING, choices=_STATES),
+        "proto": Arg(ArgType.STRING, choices=tuple(L4_NAMES.values())),
+        "family": Arg(ArgType.INT, min=4, max=6),
+        "limit": Arg(ArgType.INT, min=1, max=FLOWS_LIMIT_MAX),
+        "offset": Arg(ArgType.INT, min=0),
+        "sort": Arg(ArgType.STRING, choices=FLOW_SORTS),
+    }),
+    "stats": Method(stats),
+    "flush": Method(flush, writes=True),
+    "resync": Method(resync, writes=True),
+}
+
+
+class Api:
+    """The daemon's methods behind one entry point shared by every transport."""
+
+    def __init__(self, daemon: Daemon, methods: dict[str, Method] | None = None) -> None:
+        self.daemon = daemon
+        self.methods = METHODS if methods is None else methods
+
+    def call(self, name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+        method = self.methods.get(name)
+        if method is None:
+            raise UnknownMethod(f"unknown method '{name}'")
+        checked = validate(method, args)
+        reply = method.handler(self.daemon, checked)
+        return bounded(name, reply)
+
+
+def validate(method: Method, args: Any) -> dict[str, Any]:
+    """The declared arguments of a request, type-checked; undeclared keys are dropped."""
+    if args is None:
+        return {}
+    if not isinstance(args, dict):
+        raise InvalidArgument("arguments must be an object")
+    checked = {}
+    for name, spec in method.args.items():
+        if name in args and args[name] is not None:
+            checked[name] = spec.check(name, args[name])
+    if "family" in checked and checked["family"] not in (4, 6):
+        raise InvalidArgument("argument 'family' must be 4 or 6")
+    return checked
+
+
+def bounded(name: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """Refuses to send what ubusd would drop: a handler bug must not unregister the object."""
+    size = len(json.dumps(reply, separators=(",", ":")))
+    if size > REPLY_MAX_BYTES:
+        raise RuntimeError(f"{name}: reply of {size} bytes exceeds {REPLY_MAX_BYTES}; "
+                           "ask for fewer entries")
+    return reply
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int]:

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from fw_ebpf import config
+from fw_ebpf import api, config
 from fw_ebpf.control import DEFAULT_PATH, ControlError, call
 from fw_ebpf.loader import DEFAULT_PIN_DIR
 
@@ -52,7 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=text)
         q.add_argument("--json", action="store_true", help="print JSON")
         if name == "flows":
-            q.add_argument("--state", choices=("pending", "pass", "drop", "forward"))
+            q.add_argument("--state", choices=api.METHODS["flows"].args["state"].choices)
+            q.add_argument("--proto", choices=api.METHODS["flows"].args["proto"].choices)
+            q.add_argument("--family", type=int, choices=(4, 6))
+            q.add_argument("--sort", choices=api.FLOW_SORTS, default="bytes",
+                           help="largest first (default %(default)s)")
+            q.add_argument("--limit", type=int, metavar="N", help="at most N flows (default: all)")
+            q.add_argument("--offset", type=int, default=0, metavar="N", help="skip N flows")
     sub.add_parser("flush", help="hand every flow back to the stack")
     sub.add_parser("resync", help="re-check every flow (after a firewall reload)")
     return p
@@ -165,13 +171,32 @@ def _print_flows(flows: list[dict[str, Any]]) -> None:
               f"{f['bytes']:>12}  {info}")
 
 
+def _all_flows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The flows asked for, fetched a page at a time as a ubus client would."""
+    request: dict[str, Any] = {k: getattr(args, k) for k in ("state", "proto", "family", "sort")
+                               if getattr(args, k) is not None}
+    wanted = args.limit if args.limit is not None else float("inf")
+    offset, out = args.offset, []
+    while len(out) < wanted:
+        page = call(args.control, "flows", {**request, "offset": offset,
+                                            "limit": int(min(api.FLOWS_LIMIT_MAX,
+                                                             wanted - len(out)))})
+        out += page["flows"]
+        offset += len(page["flows"])
+        if not page["flows"] or offset >= page["total"]:
+            break
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
-        request = {"state": args.state} if args.command == "flows" and args.state else {}
-        result = call(args.control, args.command, request)
+        if args.command == "flows":
+            result = _all_flows(args)
+        else:
+            result = call(args.control, args.command, {})
     except (ControlError, ValueError, OSError, RuntimeError) as e:
         message = str(e)   # config errors about the 'ebpfw' config already start with its name
         print(message if message.startswith("ebpfw: ") else f"ebpfw: {message}", file=sys.stderr)

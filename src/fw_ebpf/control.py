@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The local control socket: one JSON request line in, one JSON answer line out.
 
-Serves the same handlers that ubus_api.py registers on ubus, for hosts without ubus (and for
-the tests). Requests are tiny, so a client is served to completion when it connects.
+Serves the same methods (api.py) that ubus_api.py registers on ubus, for hosts without ubus (and
+for the tests). Requests are tiny, so a client is served to completion when it connects.
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import os
 import socket
 from typing import Any, Callable
 
+from fw_ebpf.api import InvalidArgument, UnknownMethod
+
 log = logging.getLogger("fw_ebpf.control")
 
 DEFAULT_PATH = "/var/run/ebpfw.sock"
-Handler = Callable[[dict[str, Any]], Any]
+Call = Callable[[str, dict[str, Any]], Any]    # api.Api.call
 
 
 class ControlError(RuntimeError):
@@ -24,9 +26,9 @@ class ControlError(RuntimeError):
 
 
 class ControlServer:
-    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
+    def __init__(self, path: str, call: Call) -> None:
         self.path = path
-        self.handlers = handlers
+        self.call = call
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -60,16 +62,15 @@ class ControlServer:
                 break
             buf += chunk
         request = json.loads(buf or b"{}")
-        method = request.get("method")
-        handler = self.handlers.get(method)
-        if handler is None:
-            answer: dict[str, Any] = {"error": f"unknown method '{method}'"}
-        else:
-            try:
-                answer = {"result": handler(request.get("args") or {})}
-            except Exception as e:  # a handler bug must not kill the daemon
-                log.exception("control method %s failed", method)
-                answer = {"error": f"{method}: {e}"}
+        method = str(request.get("method"))
+        answer: dict[str, Any]
+        try:
+            answer = {"result": self.call(method, request.get("args"))}
+        except (InvalidArgument, UnknownMethod) as e:
+            answer = {"error": f"{method}: {e}"}
+        except Exception as e:  # a handler bug must not kill the daemon
+            log.exception("control method %s failed", method)
+            answer = {"error": f"{method}: {e}"}
         conn.sendall(json.dumps(answer).encode() + b"\n")
 
     def close(self) -> None:

@@ -96,12 +96,15 @@ class Daemon:
             self._readopt()   # needs the hook modes; until then XDP passes (empty devmap)
             self.ring = stack.enter_context(RingBuffer(self.loader.map("ebpfw_events"),
                                                        self._on_ring_record))
-            self.control = ControlServer(self.paths.control, api.handlers(self))
+            self.api = api.Api(self)
+            self.control = ControlServer(self.paths.control, self.api.call)
             stack.callback(self.control.close)
             self.calls = CallQueue()
             stack.callback(self.calls.close)
             if ubus_api.available():
-                stack.callback(ubus_api.UbusServer(api.handlers(self), self.calls).close)
+                handlers = {name: (lambda args, n=name: self.api.call(n, args))
+                            for name in self.api.methods}
+                stack.callback(ubus_api.UbusServer(handlers, self.calls).close)
             self._loop()
         log.info("stopped")
         return 0

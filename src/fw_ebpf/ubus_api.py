@@ -14,9 +14,9 @@ import socket
 import threading
 from typing import Any, Callable
 
-from fw_ebpf.control import Handler
 
 log = logging.getLogger("fw_ebpf.ubus")
+Handler = Callable[[dict[str, Any]], Any]
 
 OBJECT = "ebpfw"
 CALL_TIMEOUT = 10.0
