@@ -513,3 +513,32 @@ def test_event_parser_distinguishes_fdb_from_neighbours() -> None:
     rt = _roundtrip(rtmsg, {"family": socket.AF_INET, "dst_len": 24}, [
         ("RTA_DST", "10.1.2.0"), ("RTA_OIF", 7)], RTM_NEWROUTE)
     assert event_from_msg(rt) == RtEvent("route", "new", 7, ip_address("10.1.2.0"))
+
+
+def _resolve_many(rounds: int, eth0: int, eth1: int) -> tuple[int, list[str]]:
+    """Every lookup kind, found and not found, many times on one resolver."""
+    outcomes = []
+    with NextHopResolver() as res:
+        for _ in range(rounds):
+            for args in (("203.0.113.10", "192.168.1.10", eth0),       # route + neighbour
+                         ("192.168.1.10", "203.0.113.10", eth1),       # + bridge FDB
+                         ("192.168.1.20", "203.0.113.10", eth1),       # FDB miss
+                         ("10.0.1.99", "192.168.1.10", eth0),          # neighbour miss
+                         ("192.168.1.1", "192.168.1.10", eth0)):       # local: not forwarded
+                try:
+                    outcomes.append(type(res.resolve(*args)).__name__)
+                except Unresolved as e:
+                    outcomes.append(e.wait_for)
+            res.is_local(ip_address("192.168.1.1"))
+            res.out_device(ip_address("203.0.113.10"))
+        return res.pending_messages(), sorted(set(outcomes))
+
+
+@needs_root
+def test_lookups_leave_no_unread_replies_behind(net: Net) -> None:
+    net.r("neigh", "replace", "192.168.1.20", "lladdr", "02:00:00:00:00:20", "dev", "br-lan",
+          "nud", "permanent")
+    pending, outcomes = run_in_netns(net.router, _resolve_many, 200, net.ifindex("eth0"),
+                                     net.ifindex("eth1"))
+    assert outcomes == ["NextHop", "fdb", "neigh", "route"]
+    assert pending == 0
