@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -27,6 +31,21 @@ def bpf_build() -> Path:
 @pytest.fixture(scope="session")
 def bpf_object(bpf_build: Path) -> Path:
     return native_object()
+
+
+@pytest.fixture
+def pin_dir() -> Iterator[str]:
+    """A pin dir on a bpffs of the test's own, unmounted afterwards: tests never depend on (or
+    mount) the host's /sys/fs/bpf, and whatever a failing test pinned goes with the mount."""
+    mnt = tempfile.mkdtemp(prefix="ebpfw-bpffs-", dir="/run")
+    subprocess.run(["mount", "-t", "bpf", "bpf", mnt], check=True)
+    path = os.path.join(mnt, f"pins-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path, 0o700)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", mnt], check=False)
+        shutil.rmtree(mnt, ignore_errors=True)
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0,

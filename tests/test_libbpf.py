@@ -100,18 +100,6 @@ def obj(good_obj: str) -> Iterator[BpfObject]:
         yield o
 
 
-@pytest.fixture
-def pin_dir() -> Iterator[str]:
-    path = f"/sys/fs/bpf/ebpfw-test-{uuid.uuid4().hex[:8]}"
-    os.mkdir(path)
-    try:
-        yield path
-    finally:
-        for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
-        os.rmdir(path)
-
-
 def u32(n: int) -> bytes:
     return struct.pack("=I", n)
 

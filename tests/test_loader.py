@@ -30,19 +30,6 @@ pytestmark = [
 
 
 @pytest.fixture
-def pin_dir() -> Iterator[str]:
-    """A per-test pin dir; whatever a failing test left in it is removed."""
-    path = f"/sys/fs/bpf/ebpfw-test-{uuid.uuid4().hex[:8]}"
-    try:
-        yield path
-    finally:
-        if os.path.isdir(path):
-            for name in os.listdir(path):
-                os.unlink(os.path.join(path, name))
-            os.rmdir(path)
-
-
-@pytest.fixture
 def ns() -> Iterator[str]:
     """A namespace with veth0 <-> veth1 up."""
     with netns(f"ebpfw-t-{uuid.uuid4().hex[:6]}") as name:
