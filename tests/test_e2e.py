@@ -257,8 +257,9 @@ def attached(lab: Lab) -> list[str]:
     return left
 
 
-def test_sigkill_fails_open_and_restart_readopts(lab: Lab):
-    lab.start_daemon()
+@pytest.mark.parametrize("mode", ["xdp", "tc"])
+def test_sigkill_fails_open_and_restart_readopts(lab: Lab, mode: str):
+    lab.start_daemon(mode=mode)
     proc = long_flow(lab, "udp", 43700, count=1200)
     wait_offloaded(lab, 43700)
     stats_pin = f"{lab.pin_dir}/ebpfw_stats"
@@ -269,7 +270,7 @@ def test_sigkill_fails_open_and_restart_readopts(lab: Lab):
             return maps.sum_stats(m.lookup_percpu(bytes(4)))[maps.Counter.PASS_HEARTBEAT]
     lab.wait_for(lambda: heartbeat_passes() > 10, what="fast path failing open", timeout=5)
 
-    lab.start_daemon()
+    lab.start_daemon(mode=mode)
     entries = wait_offloaded(lab, 43700)
     before = sum(f["packets"] for f in entries)
     lab.wait_for(lambda: sum(f["packets"] for f in flows_of(lab, 43700)) > before + 20,
@@ -278,8 +279,9 @@ def test_sigkill_fails_open_and_restart_readopts(lab: Lab):
     assert result["corrupt"] == 0 and result["received"] >= result["sent"] - 5
 
     assert lab.stop_daemon(signal.SIGTERM) == 0
-    assert attached(lab) == []
+    assert attached(lab) == []   # the clsact a crashed run created is still removed
     assert not Path(lab.pin_dir).exists(), list(Path(lab.pin_dir).rglob("*"))
+    assert "Kernel error" not in lab.daemon_log.read_text()
 
 
 @pytest.mark.parametrize("mode", ["xdp", "tc"])

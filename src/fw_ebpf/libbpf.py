@@ -447,6 +447,9 @@ class BpfProgram:
     def id(self) -> int:
         return prog_id(self.fd)
 
+    def pin(self, path: str) -> None:
+        _pin(self.fd, path, f"program {self.name}")
+
     def test_run(self, data: bytes, ctx: bytes | None = None, repeat: int = 1,
                  data_out_size: int | None = None, ctx_out_size: int = 0, flags: int = 0,
                  batch_size: int = 0) -> TestRunResult:

@@ -4,7 +4,9 @@
 XDP attachments are bpf_links pinned in the pin dir, so they survive a daemon crash and a
 restarted daemon replaces the program in place. TC attachments are a cls_bpf filter with our own
 handle and priority on a clsact qdisc; the qdisc is removed only if we created it and nothing
-else is left on it. The loader never removes what it did not attach.
+else is left on it. That we created it is recorded in the pin dir (the TC program pinned as
+`tc-clsact-<ifname>`), so a daemon restarted after a crash still knows. The loader never removes
+what it did not attach.
 """
 from __future__ import annotations
 
@@ -84,6 +86,11 @@ def tc_filter_count(ifindex: int) -> int:
     return count
 
 
+def has_clsact(ifindex: int) -> bool:
+    with IPRoute() as ipr:
+        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
+
+
 def _bpffs_mounted(path: str = BPFFS) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1:3] == [path, "bpf"] for line in f)
@@ -123,6 +130,9 @@ class Loader:
 
     def _link_pin(self, ifname: str) -> str:
         return self._pin_path(f"link-xdp-{ifname}")
+
+    def _clsact_pin(self, ifname: str) -> str:
+        return self._pin_path(f"tc-clsact-{ifname}")
 
     def load(self) -> None:
         if self.obj is not None:
@@ -262,34 +272,54 @@ class Loader:
 
     def _attach_tc(self, ifname: str, ifindex: int) -> _Attachment:
         prog = self._loaded().program(TC_PROG)
-        created = libbpf.tc_hook_create(ifindex)
+        marker = self._clsact_pin(ifname)
+        # asking first: creating over an existing qdisc makes libbpf log a kernel error
+        created = not has_clsact(ifindex) and libbpf.tc_hook_create(ifindex)
         try:
+            if created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)   # from a device of that name that has gone since
+                prog.pin(marker)
             # replace: a filter at our handle/priority is ours from an earlier run
             libbpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=True)
         except BaseException:
             if created:
                 libbpf.tc_hook_destroy(ifindex)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
             raise
-        return _Attachment("tc", ifindex, created_clsact=created)
+        return _Attachment("tc", ifindex, created_clsact=os.path.exists(marker))
 
     def detach(self, ifname: str) -> None:
         """Remove what this loader attached to ifname (and a stale XDP link pin of ours)."""
         att = self._attached.pop(ifname, None)
         pin = self._link_pin(ifname)
-        if att is None:
+        if att is None:   # left by an earlier run: an XDP link, or a TC filter on our clsact
             if os.path.exists(pin):
                 with libbpf.open_pinned_link(pin) as link:
                     with contextlib.suppress(BpfError):
                         link.detach()
                     link.unpin(pin)
+            marker = self._clsact_pin(ifname)
+            if os.path.exists(marker):
+                with contextlib.suppress(OSError):
+                    ifindex = socket.if_nametoindex(ifname)
+                    libbpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
+                    if tc_filter_count(ifindex) == 0:
+                        libbpf.tc_hook_destroy(ifindex)
+                os.unlink(marker)
             return
         if att.link is not None:
             att.link.unpin(pin)
             att.link.close()  # last reference: the kernel detaches the program
-        elif _ifindex_alive(att.ifindex):  # else the device took its filters along
-            libbpf.tc_detach(att.ifindex, TC_HANDLE, TC_PRIORITY)
-            if att.created_clsact and tc_filter_count(att.ifindex) == 0:
-                libbpf.tc_hook_destroy(att.ifindex)
+        else:
+            if _ifindex_alive(att.ifindex):  # else the device took its filters along
+                libbpf.tc_detach(att.ifindex, TC_HANDLE, TC_PRIORITY)
+                if att.created_clsact and tc_filter_count(att.ifindex) == 0:
+                    libbpf.tc_hook_destroy(att.ifindex)
+            # the qdisc is gone, or others use it now: either way no longer ours to remove
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._clsact_pin(ifname))
         log.info("%s: detached (%s)", ifname, att.mode)
 
     def detach_all(self) -> None:
