@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from fw_ebpf import control
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CASES = ROOT.parent / "shared" / "fw4-cases"
 FALLBACK_RULESET = ROOT / "tests" / "data" / "fw4-style.nft"
@@ -232,25 +234,54 @@ class Lab:
             os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait(5)
 
+    def call(self, method: str, **args: object) -> dict:
+        """Asks the daemon directly over its control socket (a path, so reachable from any
+        network namespace): much faster than a CLI process when a test polls."""
+        return control.call(self.control, method, args)
+
     def ctl(self, *args: str) -> object:
         out = run("ip", "netns", "exec", self.router, *EBPFW, "--control", self.control, *args)
         return json.loads(out) if "--json" in args or args[0] in ("flush", "resync") else out
 
     def ctl_ok(self) -> bool:
         try:
-            self.ctl("status", "--json")
+            self.call("status")
             return True
-        except RuntimeError:
+        except control.ControlError:
             if self.daemon is not None and self.daemon.poll() is not None:
                 raise RuntimeError("daemon exited:\n" + self.daemon_log.read_text()[-3000:])
             return False
 
     def flows(self, state: str | None = None) -> list[dict]:
-        args = ["flows", "--json"] + (["--state", state] if state else [])
-        return self.ctl(*args)  # type: ignore[return-value]
+        args: dict[str, object] = {"state": state} if state else {}
+        out: list[dict] = []
+        while True:
+            page = self.call("flows", **args, offset=len(out), limit=1000)
+            out += page["flows"]
+            if not page["flows"] or len(out) >= page["total"]:
+                return out
 
     def stats(self) -> dict[str, int]:
-        return self.ctl("stats", "--json")  # type: ignore[return-value]
+        return self.call("stats")
+
+    def status(self) -> dict:
+        return self.call("status")
+
+    def gate(self, name: str) -> str:
+        """A file path traffic.py waits for (--warmup-until, --close-after)."""
+        return str(self.run_dir / f"gate-{name}")
+
+    def open_gate(self, name: str) -> None:
+        Path(self.gate(name)).touch()
+
+    def wait_at_gate(self, name: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+        """Until a client is done with its counted messages and waits at --close-after."""
+        def waiting() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"traffic client exited before gate {name}: "
+                                     f"{proc.communicate()[0]}")
+            return Path(self.gate(name) + ".waiting").exists()
+        self.wait_for(waiting, what=f"client at gate {name}", timeout=timeout)
 
     @staticmethod
     def wait_for(cond: Callable[[], object], what: str, timeout: float = 10,

@@ -310,6 +310,17 @@ def test_entry_directions_and_nat_without_kernel() -> None:
         == "unconfirmed"
 
 
+def test_closing_means_it_can_never_become_eligible() -> None:
+    orig = Tuple(TCP, A("10.0.1.2"), A("10.0.2.2"), 40000, 80)
+    ok = ctmod.IPS_CONFIRMED | ctmod.IPS_ASSURED
+    for state in range(ctmod.TCP_CONNTRACK_SYN_SENT, ctmod.TCP_CONNTRACK_CLOSE + 1):
+        e = CtEntry(orig, reverse(orig), status=ok, tcp_state=state)
+        assert e.closing == (state > ctmod.TCP_CONNTRACK_ESTABLISHED)
+    udp = Tuple(socket.IPPROTO_UDP, A("10.0.1.2"), A("10.0.2.2"), 4000, 53)
+    assert not CtEntry(udp, reverse(udp), status=ok).closing
+    assert CtEntry(udp, reverse(udp), status=ok | ctmod.IPS_DYING).closing
+
+
 @needs_kernel
 @pytest.mark.parametrize("family", [4, 6])
 def test_established_tcp_is_one_entry_from_both_directions_with_masquerade_nat(

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -65,8 +66,23 @@ def serve(port: int) -> None:
         udp.sendmsg([data], pktinfo, 0, peer)
 
 
+GATE_LIMIT_S = 120.0   # a gate nobody opens: give up rather than hang a test run
+
+
+def _gate_open(path: str, since: float) -> bool:
+    if os.path.exists(path):
+        return True
+    if time.monotonic() - since > GATE_LIMIT_S:
+        raise TimeoutError(f"gate {path} never opened")
+    return False
+
+
 def client(proto: str, host: str, port: int, count: int, size: int, interval: float,
-           sport: int, hold: float, rst: bool = False, oneway: bool = False) -> dict:
+           sport: int, hold: float, rst: bool = False, oneway: bool = False,
+           warmup_until: str = "", close_after: str = "") -> dict:
+    """count messages (after warm-up messages sent until the file warmup_until exists), then
+    the socket stays open for hold seconds, or until the file close_after exists. The result
+    counts every message; "warmup" says how many of them were warm-up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     sock = socket.socket(family, kind)
@@ -75,11 +91,18 @@ def client(proto: str, host: str, port: int, count: int, size: int, interval: fl
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", sport))
     sock.settimeout(2.0)
     sock.connect((host, port))
-    result = {"sent": 0, "received": 0, "corrupt": 0, "lost": 0,
+    result = {"sent": 0, "received": 0, "corrupt": 0, "lost": 0, "warmup": 0,
               "sport": sock.getsockname()[1], "seconds": 0.0}
     start = time.monotonic()
     pending = b""
-    for seq in range(count):
+    seq = -1
+    while True:
+        seq += 1
+        warming = bool(warmup_until) and not _gate_open(warmup_until, start)
+        if not warming and seq - result["warmup"] >= count:
+            break
+        if warming:
+            result["warmup"] += 1
         msg = message(seq, size)
         try:
             sock.sendall(msg) if kind == socket.SOCK_STREAM else sock.send(msg)
@@ -111,6 +134,11 @@ def client(proto: str, host: str, port: int, count: int, size: int, interval: fl
     result["seconds"] = round(time.monotonic() - start, 3)
     if hold:
         time.sleep(hold)
+    if close_after:
+        open(close_after + ".waiting", "w").close()   # the counted messages are done
+        since = time.monotonic()
+        while not _gate_open(close_after, since):
+            time.sleep(0.01)
     if rst and kind == socket.SOCK_STREAM:
         # linger 0: close() sends a RST instead of a FIN
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -134,13 +162,16 @@ def main() -> int:
     c.add_argument("--hold", type=float, default=0.0, help="keep the socket open this long after")
     c.add_argument("--rst", type=int, default=0, help="1: end a TCP connection with a RST")
     c.add_argument("--oneway", type=int, default=0, help="1: send only, expect no echo")
+    c.add_argument("--warmup-until", default="",
+                   help="send (uncounted) messages until this file exists, then --count more")
+    c.add_argument("--close-after", default="", help="keep the socket open until this file exists")
     args = p.parse_args()
     if args.cmd == "server":
         serve(args.port)
         return 0
     print(json.dumps(client(args.proto, args.host, args.port, args.count, args.size,
                             args.interval, args.sport, args.hold, bool(args.rst),
-                            bool(args.oneway))), flush=True)
+                            bool(args.oneway), args.warmup_until, args.close_after)), flush=True)
     return 0
 
 

@@ -144,6 +144,12 @@ class CtEntry:
         """The tuple a packet of this direction carries when it leaves, after NAT."""
         return _reverse(self.reply if direction is Direction.ORIGINAL else self.orig)
 
+    @property
+    def closing(self) -> bool:
+        """Past ESTABLISHED (FIN, RST seen) or on its way out: it never becomes eligible."""
+        return bool(self.status & IPS_DYING) or (self.orig.l4proto == IPPROTO_TCP and
+                                                   (self.tcp_state or 0) > TCP_CONNTRACK_ESTABLISHED)
+
     def ineligible_reason(self) -> str | None:
         """None when the fast path may carry this entry, else why not (DESIGN.md, control path)."""
         if self.status & IPS_DYING:

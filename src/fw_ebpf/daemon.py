@@ -293,6 +293,10 @@ class Daemon:
 
     def _offload(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> None:
         why = entry.ineligible_reason()
+        if why is not None and entry.closing:
+            # a late ACK of a closed connection: nothing to wait for, leave no entry behind
+            self._evict(rec.key, f"closing ({why})")
+            return
         if why is not None:
             rec.reason = why
             if why.startswith(FINAL_REASONS):
