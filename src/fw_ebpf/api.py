@@ -129,6 +129,7 @@ def _flow(rec: Any, now_ns: int) -> dict[str, Any]:
         "dst": f"{_host(t.daddr)}:{t.dport}",
         "packets": rec.packets,
         "bytes": rec.bytes,
+        "age_s": round(max(0.0, time.monotonic() - rec.created), 2),
     }
     if rec.info.vlan != (0, 0):
         item["vlan"] = list(rec.info.vlan)

@@ -22,7 +22,7 @@ from typing import Callable
 
 from pyroute2 import IPRoute
 
-from fw_ebpf import api, fw4, maps, ubus_api
+from fw_ebpf import api, config, fw4, maps, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
 from fw_ebpf.config import Disabled, Settings
@@ -30,7 +30,7 @@ from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
 from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.libbpf import BpfMap, RingBuffer
-from fw_ebpf.loader import DEFAULT_PIN_DIR, Loader
+from fw_ebpf.loader import Loader
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
 from fw_ebpf.policy import Policy, Query, Verdict
@@ -53,7 +53,7 @@ SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "
 @dataclass(frozen=True)
 class Paths:
     object_dir: str | None = None
-    pin_dir: str = DEFAULT_PIN_DIR
+    pin_dir: str = config.PIN_DIR
     control: str = DEFAULT_PATH
     config: str | None = None
     fw4_model: str | None = None    # fw4's model as JSON; None: ask the ucode hook if present
