@@ -116,6 +116,10 @@ def test_tcp_close_hands_flow_back(lab: Lab, how: str):
     result = finish(proc)
     assert result["received"] == result["sent"] == result["warmup"] + 300
     wait_gone(lab, 43200)
+    # each direction written once: events that change nothing it uses cause no rewrite
+    writes = [x for x in lab.daemon_log.read_text().splitlines()
+              if "daemon: forward" in x and ("sport=43200" in x or "dport=43200" in x)]
+    assert len(writes) == 2, writes
     # the stack saw the close: the entry is closing, or at least on the 10 s close timeout
     # (a RST whose sequence conntrack cannot check only shortens the timeout)
     ct = conntrack_entry(lab, "tcp", 43200)

@@ -335,6 +335,7 @@ class Daemon:
     def _forward(self, rec: FlowRecord, egress: maps.Tuple, mark: int) -> NextHop | None:
         """Writes (or rewrites) the FORWARD entry of one direction, leaving as egress."""
         ingress = rec.info.tuple
+        unchanged_egress = rec.egress == egress
         rec.egress, rec.mark = egress, mark    # all a later re-resolve needs
         try:
             iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
@@ -349,6 +350,9 @@ class Daemon:
         if tc_only is None:
             self._write_verdict(rec, State.PASS, "egress needs the tc hook, ingress has none")
             return None
+        if rec.state == State.FORWARD and unchanged_egress and rec.nexthop == nh \
+                and rec.tc_only == tc_only:
+            return nh   # re-resolved after an event that changed nothing this flow uses
         value = maps.encode_forward(ingress, egress, nh.oif, nh.mtu,
                                     maps.L2Out(nh.dmac, nh.smac, nh.vlans, nh.vlan_tpid),
                                     tc_only=tc_only, last_seen_ns=time.monotonic_ns())
