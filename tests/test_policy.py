@@ -173,8 +173,11 @@ def _with_rule_before_drop(case: str, extra: dict[str, Any]) -> Policy:
 @needs_cases
 @pytest.mark.parametrize("extra, what", [
     ({"ipset": {"name": "friends", "invert": False, "fields": ["ip saddr"]}}, "ipset"),
-    ({"start_time": "08:00:00", "stop_time": "18:00:00"}, "time window"),
-    ({"weekdays": {"days": ["Mon"], "invert": False}}, "weekday"),
+    ({"limit": {"rate": 10, "unit": "second"}}, "rate limit"),
+    ({"log": "x: ", "log_limit": {"rate": 10, "unit": "second"}}, "log rate limit"),
+    ({"start_time": {"hour": 8, "min": 0, "sec": 0},
+      "stop_time": {"hour": 18, "min": 0, "sec": 0}}, "time window"),
+    ({"weekdays": {"days": ["Monday"], "invert": False}}, "time window"),
     ({"mark": {"mark": 1, "mask": 0xffffffff, "invert": False}}, "mark"),
     ({"smacs_pos": ["00:11:22:33:44:55"]}, "MAC"),
     ({"helper": {"name": "ftp", "invert": False}}, "helper"),
@@ -198,7 +201,7 @@ def test_unmodelled_rule_after_the_deciding_one_does_not_matter() -> None:
     chain = obj["rules"]["forward_wan"]
     rule = copy.deepcopy(next(r for r in chain if r["name"].startswith("Drop-WAN-UDP")))
     rule.update(name="Late", target="accept", jump_chain="accept_to_lan",
-                ipset={"name": "x", "invert": False})
+                ipset={"name": "x", "invert": False, "fields": ["ip saddr"]})
     chain.append(rule)
     p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
     assert p.decide(q(UDP, "203.0.113.1", "192.168.1.10", 6005, "eth1")).verdict is Verdict.DROP
@@ -207,7 +210,7 @@ def test_unmodelled_rule_after_the_deciding_one_does_not_matter() -> None:
 @needs_cases
 def test_uncertain_redirect_makes_the_forward_unknown() -> None:
     obj = raw("portfwd_rules")
-    obj["redirects"]["dstnat_wan"][0]["start_time"] = "08:00:00"
+    obj["redirects"]["dstnat_wan"][0]["start_time"] = {"hour": 8, "min": 0, "sec": 0}
     p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
     d = p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 8080, "eth1"))
     assert d.verdict is Verdict.UNKNOWN and "DNAT-Web-8080" in d.reason
