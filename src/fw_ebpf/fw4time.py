@@ -49,8 +49,12 @@ def window_state(tm: TimeMatch, now: float, gmtoff: int, kernel_west: int = 0) -
         a = None if tm.start is None else utc_seconds(tm.start, gmtoff)
         b = None if tm.stop is None else utc_seconds(tm.stop, gmtoff)
         if a is not None and b is not None:
-            parts.append(a <= t <= b if a <= b else not b <= t <= a)
-            flips += [_next(t_now, x) for x in (a, a + 1, b, b + 1)]
+            if a <= b:
+                parts.append(a <= t <= b)
+                flips += [_next(t_now, a), _next(t_now, b + 1)]
+            else:       # nft: != b-a
+                parts.append(not b <= t <= a)
+                flips += [_next(t_now, b), _next(t_now, a + 1)]
         elif a is not None:
             parts.append(t >= a)
             flips += [_next(t_now, a), _next(t_now, 0)]
