@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -121,13 +122,28 @@ def _hhmm(text: str) -> int:
     return parts[0] * 3600 + parts[1] * 60 + (parts[2] if len(parts) > 2 else 0)
 
 
-def fw4_table(nft: Nft, gmtoff_now: int) -> Fw4Table | None:
-    """fw4's table as the kernel has it, or None when there is none (fw4 is not loaded).
-
-    gmtoff_now: this process's current UTC offset, which libnftables used to print `meta hour`
-    values as local times (hour_type_print); undone here to get the stored values."""
+@contextlib.contextmanager
+def _utc() -> Iterator[None]:
+    """libnftables prints `meta hour` values in the process's local time (and nft 1.0.6 gets
+    it wrong west of UTC); listed under UTC they come out as stored."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "UTC0"
+    time.tzset()
     try:
-        items = nft.json("list table inet fw4", terse=True)
+        yield
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def fw4_table(nft: Nft) -> Fw4Table | None:
+    """fw4's table as the kernel has it, or None when there is none (fw4 is not loaded)."""
+    try:
+        with _utc():
+            items = nft.json("list table inet fw4", terse=True)
     except KernelError as e:
         if "No such file" in str(e) or "does not exist" in str(e):
             return None
@@ -156,8 +172,7 @@ def fw4_table(nft: Nft, gmtoff_now: int) -> Fw4Table | None:
                 right = node.get("right")
                 values = right["range"] if isinstance(right, dict) and "range" in right \
                     else [right]
-                hours.update((_hhmm(v) - gmtoff_now) % 86400 for v in values
-                              if isinstance(v, str))
+                hours.update(_hhmm(v) for v in values if isinstance(v, str))
     stable = [{k: v for k, v in i.get("rule", i).items() if k != "handle"} for i in items]
     digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
     return Fw4Table({z: frozenset(d) for z, d in devices.items()}, jumps, frozenset(hours),
@@ -232,7 +247,7 @@ def tc_mark_setters(ipr: IPRoute) -> list[str]:
                 filters = list(ipr.get_filters(index=link["index"], parent=parent))
             for f in filters:
                 why = _tc_filter_sets_mark(f)
-                if why:
+                if why and f"tc filter on {name}: {why}" not in found:
                     found.append(f"tc filter on {name}: {why}")
     return found
 

@@ -49,7 +49,7 @@ class Router:
         if problem:
             return problem
         with fw4kernel.Nft() as nft:
-            table = fw4kernel.fw4_table(nft, time.localtime().tm_gmtoff)
+            table = fw4kernel.fw4_table(nft)
         if table is None:
             return "the kernel has no fw4 table (table inet fw4): the firewall is not loaded"
         return zones_disagree(model, table)
@@ -58,7 +58,7 @@ class Router:
         gen = _quiet(fw4kernel.nft_generation)
         gmtoff = time.localtime().tm_gmtoff
         with fw4kernel.Nft() as nft:
-            table = fw4kernel.fw4_table(nft, gmtoff)
+            table = fw4kernel.fw4_table(nft)
             try:
                 setters = fw4kernel.mark_setters(nft)
                 setter = setters[0] if setters else None
@@ -80,7 +80,7 @@ class Router:
         """Of the kernel's fw4 table now; None when there is none or it cannot be read."""
         try:
             with fw4kernel.Nft() as nft:
-                table = fw4kernel.fw4_table(nft, time.localtime().tm_gmtoff)
+                table = fw4kernel.fw4_table(nft)
         except OSError:
             return None
         return table.fingerprint if table else None
