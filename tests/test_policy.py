@@ -44,6 +44,11 @@ def raw(case: str) -> dict[str, Any]:
     return json.loads((CASES_DIR / case / "model.json").read_text())
 
 
+def synth(obj: dict[str, Any], facts: Facts = Facts()) -> Policy:
+    """A policy on a model changed by the test."""
+    return Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device, facts)
+
+
 # -- real models ------------------------------------------------------------------------------
 
 @needs_cases
@@ -173,7 +178,7 @@ def _with_rule_before_drop(case: str, extra: dict[str, Any], facts: Facts = Fact
     chain.insert(drop, rule)
     if ipsets is not None:
         obj["ipsets"] = ipsets
-    return Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device, facts)
+    return synth(obj, facts)
 
 
 @needs_cases
@@ -209,7 +214,7 @@ def test_unmodelled_rule_after_the_deciding_one_does_not_matter() -> None:
     rule.update(name="Late", target="accept", jump_chain="accept_to_lan",
                 ipset={"name": "x", "invert": False, "fields": ["ip saddr"]})
     chain.append(rule)
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     assert p.decide(q(UDP, "203.0.113.1", "192.168.1.10", 6005, "eth1")).verdict is Verdict.DROP
 
 
@@ -217,7 +222,7 @@ def test_unmodelled_rule_after_the_deciding_one_does_not_matter() -> None:
 def test_uncertain_redirect_makes_the_forward_unknown() -> None:
     obj = raw("portfwd_rules")
     obj["redirects"]["dstnat_wan"][0]["start_time"] = {"hour": 8, "min": 0, "sec": 0}
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     d = p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 8080, "eth1"))
     assert d.verdict is Verdict.UNKNOWN and "DNAT-Web-8080" in d.reason
 
@@ -226,7 +231,7 @@ def test_uncertain_redirect_makes_the_forward_unknown() -> None:
 def test_notrack_zone_makes_everything_unknown() -> None:
     obj = raw("default")
     obj["zones"][1]["dflags"]["notrack"] = True
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     assert p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 22, "eth1")).verdict is Verdict.UNKNOWN
 
 
@@ -505,12 +510,12 @@ def test_rate_limited_rule_is_decided_when_both_ways_end_alike() -> None:
     obj["rules"].setdefault("input_wan", []).insert(0, {
         "name": "Drop-SSH-Limited", "family": 4, "proto": {"name": "tcp"}, "has_ports": True,
         "dports_pos": ["22"], "target": "drop", "limit": {"rate": 5, "unit": "minute"}})
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     d = p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 22, "eth1"))
     assert d.verdict is Verdict.DROP
     # the same limit on an ACCEPT: over the limit the zone drops, under it accepts
     obj["rules"]["input_wan"][0]["target"] = "accept"
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     d = p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 22, "eth1"))
     assert d.verdict is Verdict.UNKNOWN and "rate limit" in d.reason
 
@@ -520,13 +525,13 @@ def test_zone_logging_through_a_limit_makes_its_drop_unknown() -> None:
     obj = raw("three_zones_guest")
     wan = next(z for z in obj["zones"] if z["name"] == "wan")
     wan.update(log=1, log_limit={"rate": 10, "unit": "minute"})
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     d = p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 22, "eth1"))
     # over the limit the drop line does not match: back in the input chain, the defaults'
     # reject decides
     assert d.verdict is Verdict.UNKNOWN and "through a rate limit" in d.reason
     obj["defaults"]["input"] = "drop"    # now both ways drop
-    p = Policy(parse_model(obj, "synth"), lambda a: a in LOCAL, out_device)
+    p = synth(obj)
     assert p.decide(q(TCP, "203.0.113.1", "203.0.113.2", 22, "eth1")).verdict is Verdict.DROP
 
 
