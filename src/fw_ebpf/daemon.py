@@ -271,6 +271,7 @@ class Daemon:
     def _load_policy(self) -> Policy | None:
         """fw4's verdicts for early drop, or None (early drop off, or no model to trust)."""
         if not self.settings.early_drop:
+            self.fw4.off()
             return None
         return self.fw4.refresh()
 
@@ -291,6 +292,7 @@ class Daemon:
     def _fw4_tick(self) -> None:
         """A model retry, or facts that moved (sets, marks): verdicts of the old policy go."""
         if not self.settings.early_drop:
+            self.fw4.off()
             return
         if self.fw4.tick():
             self.policy = self.fw4.policy

@@ -181,6 +181,11 @@ class Fw4Keeper:
 
     # -- events ---------------------------------------------------------------------------------
 
+    def off(self) -> None:
+        """Early drop turned off: no policy, nothing to retry."""
+        self.policy, self._good, self.error, self._logged_error = None, None, None, None
+        self._failures, self.retry_at = 0, math.inf
+
     def poke(self) -> None:
         """netifd, ubus or a link changed: a refused model may be good now."""
         if self.error is not None:
@@ -196,7 +201,11 @@ class Fw4Keeper:
             model, reading, taken = self._good
             gen = self._router.generation()
             if gen is not None and gen != reading.generation:
-                new = self._router.read(model)
+                try:
+                    new = self._router.read(model)
+                except (OSError, ValueError) as e:
+                    self._refused(f"reading the router again: {e}")
+                    return self.policy is not before
                 if new.fingerprint != reading.fingerprint:
                     self.refresh()     # fw4 reloaded (its resync may still be on its way)
                 else:
