@@ -320,6 +320,7 @@ def test_model_printed_without_ubus_is_refused_and_retried_on_its_own():
         refusals = [x for x in lab.daemon_log.read_text().splitlines()
                     if "fw4 model refused" in x]
         assert len(refusals) == 1 and "zone 'lan'" in refusals[0] and "\n" not in refusals[0]
+        assert f"early drop: fw4 model off: {model}: zone 'lan'" in str(lab.ctl("status"))
         # offloading does not need the model
         accepted = gated_flow(lab, "udp", 44300)
         wait_offloaded(lab, 44300)
@@ -327,6 +328,7 @@ def test_model_printed_without_ubus_is_refused_and_retried_on_its_own():
         model.write_text((SHARED_CASES / "default" / "model.json").read_text())
         lab.wait_for(lambda: lab.status()["fw4_model"]["state"] == "ok",
                      what="the good model taken without a resync", timeout=120)
+        assert "early drop: fw4 model ok, model read" in str(lab.ctl("status"))
         assert len(flows_of(lab, 44300)) == 2
         lab.open_gate("go")
         result = finish(accepted)

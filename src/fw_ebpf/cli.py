@@ -152,6 +152,11 @@ def _print_status(s: dict[str, Any]) -> None:
     if adm["count"]:
         print(f"admission (first packet to offloaded): p50 {adm['p50']} ms, p99 {adm['p99']} ms, "
               f"max {adm['max']} ms over {adm['count']} flows")
+    m = s.get("fw4_model", {})
+    if m:
+        age = f", model read {m['model_age_s']} s ago" if m.get("model_age_s") is not None else ""
+        why = f": {m['error']} (retry in {m['retry_in_s']} s)" if m.get("error") else ""
+        print(f"early drop: fw4 model {m['state']}{age}{why}")
     c = s["counters"]
     print(f"packets: rx {c['rx']}, forwarded {c['forward']}, dropped {c['drop']}, "
           f"passed {c['pass']}")
