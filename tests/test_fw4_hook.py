@@ -100,6 +100,24 @@ def test_own_case_fixtures_are_what_fw4_prints():
     assert "option 'monthdays' is not supported by fw4" in res.stderr
 
 
+def test_zone_on_a_disabled_network_is_not_taken_for_a_missing_netifd(tmp_path: Path):
+    for name in ("network", "firewall"):
+        (tmp_path / name).write_text((OWN_CASE / name).read_text())
+    with (tmp_path / "network").open("a") as f:
+        f.write("\nconfig interface 'wwan'\n\toption proto 'static'\n\toption device 'wlan0'\n"
+                "\toption ipaddr '10.9.9.1/24'\n\toption disabled '1'\n")
+    with (tmp_path / "firewall").open("a") as f:
+        f.write("\nconfig zone\n\toption name 'wwan'\n\tlist network 'wwan'\n"
+                "\toption input 'REJECT'\n\toption output 'ACCEPT'\n\toption forward 'REJECT'\n")
+    res = session("--", "sh", "-c", f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && "
+                  f"ucode {HOOK}", config=tmp_path)
+    assert res.returncode == 0, res.stderr
+    obj = json.loads(res.stdout)
+    assert "wwan" not in obj["ebpfw"]["uci_networks"]
+    model = parse_model(obj, "hook")
+    assert model.zone("wwan") is not None
+
+
 def test_model_from_hook_without_netifd_is_refused_naming_the_zone():
     cmd = (str(ROUTER_SH), "--no-netifd", "-c", str(OWN_CASE), "--", "ucode", str(HOOK))
     with pytest.raises(ModelError) as info:

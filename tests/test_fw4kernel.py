@@ -156,3 +156,14 @@ def test_hour_values_are_what_nft_stored(ns: str):
         assert os.environ.get("TZ") != "UTC0"
         local = [8, 18, 22, 2]
         assert table.hour_values == {int((h - 3.5) * 3600) % 86400 for h in local}, tz
+
+
+def test_fingerprint_follows_the_rules_not_their_counters(ns: str):
+    sh(ns, "nft -f -", stdin="table inet fw4 {\n chain input {\n"
+       "  type filter hook input priority filter; policy accept;\n  counter accept\n }\n}\n")
+    first = run_in_netns(ns, _table).fingerprint
+    sh(ns, "ping -c 2 -i 0.2 -W 1 127.0.0.1")
+    assert "packets 0" not in sh(ns, "nft list chain inet fw4 input")
+    assert run_in_netns(ns, _table).fingerprint == first
+    sh(ns, "nft add rule inet fw4 input tcp dport 22 drop")
+    assert run_in_netns(ns, _table).fingerprint != first

@@ -585,6 +585,15 @@ def test_hook_facts_tell_a_down_network_from_one_netifd_did_not_report() -> None
         parse_model(_tiny(zones))
 
 
+def test_networks_netifd_assigns_to_a_zone_are_named_by_device() -> None:
+    zone = _zone("vpn", ["vpn"], ["tun0"])
+    zone["network"].append({"device": "wg0net", "invert": False})    # from netifd's data
+    zone["network"].append({"val": "guest", "device": "guest", "invert": True})
+    model = parse_model(_tiny([zone], {"netifd": ["vpn", "wg0net"],
+                                       "uci_networks": ["vpn", "wg0net"], "uci_zones": 1}))
+    assert model.zones[0].networks == ("vpn", "wg0net")
+
+
 def test_device_lists_that_name_nothing_on_the_router() -> None:
     model = parse_model(_tiny([_zone("lan", ["lan"], ["lan"]), _zone("wan", ["wan"], ["wan"])]))
     assert "zone 'lan': lan" in (missing_devices(model, lambda d: False) or "")

@@ -7,7 +7,7 @@
 //
 // Beside fw4's own keys, `ebpfw` says what the model was made from, so a model made while
 // netifd was not answering can be told from one of a router whose networks are down: the
-// networks netifd reported, the interfaces and enabled zones in UCI.
+// networks netifd reported, the enabled interfaces and zones in UCI.
 
 let fw4 = require("fw4");
 let uci = require("uci");
@@ -18,7 +18,7 @@ let cursor = uci.cursor();
 let uci_networks = [];
 let uci_zones = 0;
 
-cursor.foreach("network", "interface", s => push(uci_networks, s[".name"]));
+cursor.foreach("network", "interface", s => { if (s.disabled != "1") push(uci_networks, s[".name"]); });
 cursor.foreach("firewall", "zone", s => { if (s.enabled != "0") uci_zones++; });
 
 let chains = [ "input", "output", "forward", "dstnat", "srcnat" ];

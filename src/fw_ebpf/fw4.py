@@ -588,6 +588,17 @@ def _zone_match(ctx: _Ctx, value: Any) -> ZoneMatch:
                                             obj.get("subnets_masked")))
 
 
+def _zone_networks(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    """The networks a zone names: UCI's `network` list (`val`) and those netifd assigned to
+    it (`device` only), inverted ones left out."""
+    out = []
+    for i, item in enumerate(_list(ctx, value)):
+        n = _obj(ctx.at(i), item)
+        if not n.get("invert"):
+            out.append(_str(ctx.at(i), n.get("val", n.get("device"))))
+    return tuple(out)
+
+
 def _flags(ctx: _Ctx, value: Any) -> frozenset[str]:
     return frozenset(k for k, v in _obj(ctx, value or {}).items() if v)
 
@@ -611,10 +622,7 @@ def _zone(ctx: _Ctx, value: Any) -> Zone:
                 match_devices=strs("match_devices"), match_subnets=strs("match_subnets"),
                 dflags=_flags(ctx.at("dflags"), obj.get("dflags")),
                 sflags=_flags(ctx.at("sflags"), obj.get("sflags")),
-                networks=tuple(
-                    _str(ctx.at("network").at(i), _obj(ctx.at("network").at(i), n).get("val"))
-                    for i, n in enumerate(_list(ctx.at("network"), obj.get("network")))
-                    if not _obj(ctx.at("network").at(i), n).get("invert")),
+                networks=_zone_networks(ctx.at("network"), obj.get("network")),
                 log=obj.get("log") if isinstance(obj.get("log"), int) else 0,
                 log_limit=_present(obj.get("log_limit")))
 

@@ -173,10 +173,22 @@ def fw4_table(nft: Nft) -> Fw4Table | None:
                 values = right["range"] if isinstance(right, dict) and "range" in right \
                     else [right]
                 hours.update(_hhmm(v) for v in values if isinstance(v, str))
-    stable = [{k: v for k, v in i.get("rule", i).items() if k != "handle"} for i in items]
-    digest = hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(_without_state(items), sort_keys=True).encode())
     return Fw4Table({z: frozenset(d) for z, d in devices.items()}, jumps, frozenset(hours),
-                    digest)
+                    digest.hexdigest()[:16])
+
+
+# what changes without the ruleset changing: counters and quotas count, handles are renumbered
+_STATE_KEYS = frozenset(("handle", "packets", "bytes", "used"))
+
+
+def _without_state(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_state(v) for k, v in node.items() if k not in _STATE_KEYS}
+    if isinstance(node, list):
+        return [_without_state(v) for v in node]
+    return node
+
 
 
 def set_elements(nft: Nft, name: str, types: tuple[str, ...]) -> set[Element] | str:
