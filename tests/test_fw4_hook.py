@@ -55,9 +55,16 @@ def keeper_session(hook: str) -> dict[str, object]:
     return out
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "keeper":
+def setters_session() -> list[str]:
+    from fw_ebpf import fw4kernel
+    with fw4kernel.Nft() as nft:
+        return fw4kernel.mark_setters(nft)
+
+
+if __name__ == "__main__" and len(sys.argv) >= 2 and sys.argv[1] in ("keeper", "setters"):
     sys.path.insert(0, str(ROOT / "src"))
-    print(json.dumps(keeper_session(sys.argv[2])))
+    print(json.dumps(keeper_session(sys.argv[2]) if sys.argv[1] == "keeper"
+                     else setters_session()))
     sys.exit(0)
 
 
@@ -150,3 +157,34 @@ def test_keeper_keeps_the_last_good_model_only_while_fws_table_is_the_same():
     assert st["model_age_s"] >= 0
     # the table changed while the model cannot be read: early drop off
     assert out["third"] is False and out["third_status"]["state"] == "off"
+
+
+def test_fws_own_mark_rules_are_found_in_the_kernel(tmp_path: Path):
+    """A MARK rule in UCI: fw4 puts `meta mark set` in its mangle chains, and mark matches
+    become undecidable; a MARK rule on output only does not count."""
+    for name in ("network", "firewall"):
+        (tmp_path / name).write_text((OWN_CASE / name).read_text())
+    res = session("-n", "-d", "--", "sh", "-c",
+                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
+                  f"{sys.executable} {__file__} setters", config=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+    with (tmp_path / "firewall").open("a") as f:
+        f.write("\nconfig rule\n\toption name 'Mark-Output'\n\toption dest 'wan'\n"
+                "\toption target 'MARK'\n\toption set_mark '0x2'\n")
+    res = session("-n", "-d", "--", "sh", "-c",
+                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
+                  f"{sys.executable} {__file__} setters", config=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+    with (tmp_path / "firewall").open("a") as f:
+        f.write("\nconfig rule\n\toption name 'Mark-Guests'\n\toption src 'lan'\n"
+                "\toption src_ip '192.168.1.66'\n\toption target 'MARK'\n"
+                "\toption set_mark '0x1'\n")
+    res = session("-n", "-d", "--", "sh", "-c",
+                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
+                  f"{sys.executable} {__file__} setters", config=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert set(json.loads(res.stdout.strip().splitlines()[-1])) == {
+        "nft table inet fw4 chain mangle_prerouting sets a mark",
+        "nft table inet fw4 chain mangle_input sets a mark"}
