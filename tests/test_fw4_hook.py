@@ -178,13 +178,14 @@ def test_fws_own_mark_rules_are_found_in_the_kernel(tmp_path: Path):
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
     with (tmp_path / "firewall").open("a") as f:
-        f.write("\nconfig rule\n\toption name 'Mark-Guests'\n\toption src 'lan'\n"
-                "\toption src_ip '192.168.1.66'\n\toption target 'MARK'\n"
-                "\toption set_mark '0x1'\n")
+        for dest in ("", "\toption dest 'wan'\n"):     # to the router, and forwarded
+            f.write("\nconfig rule\n\toption name 'Mark-Guests'\n\toption src 'lan'\n"
+                    f"{dest}\toption src_ip '192.168.1.66'\n\toption target 'MARK'\n"
+                    "\toption set_mark '0x1'\n")
     res = session("-n", "-d", "--", "sh", "-c",
                   f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
                   f"{sys.executable} {__file__} setters", config=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert set(json.loads(res.stdout.strip().splitlines()[-1])) == {
-        "nft table inet fw4 chain mangle_prerouting sets a mark",
-        "nft table inet fw4 chain mangle_input sets a mark"}
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [
+        "nft table inet fw4 chain mangle_input sets a mark",
+        "nft table inet fw4 chain mangle_forward sets a mark"]

@@ -225,8 +225,10 @@ def nft_mark_setters(nft: Nft) -> list[str]:
         # a regular chain may be jumped to from any hook: counted
         if hooks.get(where) in _AFTER_FILTER_HOOKS:
             continue
-        if any(isinstance(n, dict) and _sets_mark(n) for n in rule.get("expr", [])):
-            found.append(f"nft table {where[0]} {where[1]} chain {where[2]} sets a mark")
+        what = f"nft table {where[0]} {where[1]} chain {where[2]} sets a mark"
+        if what not in found and any(isinstance(n, dict) and _sets_mark(n)
+                                     for n in rule.get("expr", [])):
+            found.append(what)
     return found
 
 
