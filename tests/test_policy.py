@@ -336,6 +336,14 @@ def test_time_window_decides_for_now_and_drop_expires_at_the_boundary() -> None:
                     now=MONDAY).until == float("inf")
 
 
+def test_drop_verdict_expires_at_the_window_boundary() -> None:
+    from fw_ebpf.daemon import DROP_TTL_NS, drop_ttl_ns
+    assert drop_ttl_ns(float("inf"), MONDAY) == DROP_TTL_NS
+    assert drop_ttl_ns(MONDAY + 5, MONDAY) == 5 * 10**9
+    assert drop_ttl_ns(MONDAY + 3600, MONDAY) == DROP_TTL_NS
+    assert drop_ttl_ns(MONDAY - 1, MONDAY) == 0
+
+
 @needs_cases
 def test_time_window_wrapping_past_midnight() -> None:
     # 22:00-06:00 local at UTC+1 is 21:00-05:00 UTC: nft stores `!= 05:00-21:00`

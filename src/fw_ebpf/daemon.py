@@ -249,10 +249,7 @@ class Daemon:
                                             dport=t.dport, in_device=in_device))
         rec.reason = f"no conntrack entry; fw4 {decision.verdict.name.lower()}: {decision.reason}"
         if decision.verdict == Verdict.DROP:
-            # never beyond the next boundary of a time window the verdict depended on
-            ttl_ns = DROP_TTL_NS
-            if decision.until != math.inf:
-                ttl_ns = min(ttl_ns, int((decision.until - time.time()) * 1e9))
+            ttl_ns = drop_ttl_ns(decision.until, time.time())
             if ttl_ns <= 0:
                 return
             self.flows_map.update(rec.key, maps.encode_verdict(
@@ -649,6 +646,14 @@ class Daemon:
 
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
+
+
+def drop_ttl_ns(until: float, now: float) -> int:
+    """How long an early-drop verdict may hold: DROP_TTL_NS, and never beyond the next boundary
+    of a time window the verdict depended on (`until`, wall clock)."""
+    if until == math.inf:
+        return DROP_TTL_NS
+    return max(0, min(DROP_TTL_NS, int((until - now) * 1e9)))
 
 
 def _reverse(t: maps.Tuple) -> maps.Tuple:
