@@ -17,7 +17,8 @@ verdict differs between the two (a `meta day` boundary, which follows the kernel
 timezone, passing during the run) is left out and counted as such.
 
 Required: policy never says DROP where the kernel delivered or rejected, decides at least
-99 % of the probes, and every verdict it decides is the kernel's. The agreement table goes to stdout and build/fw4-differential.json.
+99 % of the probes, and every verdict it decides is the kernel's. The agreement table goes to
+stdout and build/fw4-differential.json.
 
 Run as a script (`python test_fw4_differential.py listen LOG PORTS`) it is the listener the
 test starts in each namespace.

@@ -18,7 +18,10 @@ let cursor = uci.cursor();
 let uci_networks = [];
 let uci_zones = 0;
 
-cursor.foreach("network", "interface", s => { if (s.disabled != "1") push(uci_networks, s[".name"]); });
+cursor.foreach("network", "interface", s => {
+	if (s.disabled != "1")
+		push(uci_networks, s[".name"]);
+});
 cursor.foreach("firewall", "zone", s => { if (s.enabled != "0") uci_zones++; });
 
 let chains = [ "input", "output", "forward", "dstnat", "srcnat" ];

@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
-from .fw4 import (AddrRange, AddrSpec, IPAddress, MaskedAddr, Match, Model, PortRange, Redirect, Rule,
-                  SetMatch, Zone, ZoneMatch)
+from .fw4 import (AddrRange, AddrSpec, IPAddress, MaskedAddr, Match, Model, PortRange, Redirect,
+                  Rule, SetMatch, Zone, ZoneMatch)
 from .fw4sets import SetContents
 from .fw4time import nft_hour_values, window_state
 
@@ -53,7 +53,8 @@ class Facts:
     """What the policy knows beyond fw4's model; the default knows nothing."""
     time: TimeView | None = None
     mark_setter: str | None = "packet marks on the router are not known"   # None: no setter
-    sets: Mapping[str, SetContents | str] = field(default_factory=dict)  # name -> contents or why not
+    # static sets: name -> contents, or why the set is not static
+    sets: Mapping[str, SetContents | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
