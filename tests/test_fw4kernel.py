@@ -6,6 +6,7 @@ matters, and reads it through libnftables and rtnetlink as the daemon does.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import subprocess
@@ -125,6 +126,38 @@ def test_ip_rule_fwmark_and_tc_classifiers_count(ns: str):
 def _setters_if_mirred_marked() -> list[str]:
     fw4kernel._MARKLESS_ACTIONS = fw4kernel._MARKLESS_ACTIONS - {"mirred"}
     return _setters()
+
+
+def _tcx_setters(obj: str, own_prefix: str) -> list[str]:
+    """Attaches ebpfw's TC program through a tcx link on eth1 (closed when the child exits)
+    and lists the mark setters, counting ebpfw's own programs unless own_prefix is theirs."""
+    import socket
+
+    from fw_ebpf import libbpf
+    fw4kernel.OWN_BPF_PREFIX = own_prefix
+    bpf = libbpf.BpfObject(obj)
+    bpf.load()
+    opts = libbpf._LinkCreateOpts(sz=ctypes.sizeof(libbpf._LinkCreateOpts))
+    fd = libbpf._lib.bpf_link_create(bpf.program("ebpfw_tc").fd, socket.if_nametoindex("eth1"),
+                                     46, ctypes.byref(opts))   # BPF_TCX_INGRESS
+    if fd < 0:
+        raise OSError(-fd, "tcx attach")
+    return _setters()
+
+
+def test_bpf_programs_on_tcx_links_count(ns: str, bpf_object: Path):
+    _router_devices(ns)
+    # (other tests' programs elsewhere on the machine may show up too: only ours is looked at)
+    got = run_in_netns(ns, _tcx_setters, str(bpf_object), "no-such-prefix")
+    assert [g for g in got if "ebpfw_tc" in g] == [
+        f"BPF program ebpfw_tc on a tcx link of ifindex {_ifindex(ns, 'eth1')} may set the mark"]
+    # ebpfw's own program sets no mark
+    got = run_in_netns(ns, _tcx_setters, str(bpf_object), "ebpfw")
+    assert [g for g in got if "ebpfw_tc" in g] == []
+
+
+def _ifindex(ns: str, dev: str) -> int:
+    return int(sh(ns, f"cat /sys/class/net/{dev}/ifindex"))
 
 
 def test_set_elements_and_generation(ns: str):

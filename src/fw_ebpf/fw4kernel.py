@@ -2,14 +2,16 @@
 """What the kernel says about fw4's ruleset and about packet marks, for the policy's facts.
 
 nftables is read through libnftables (ctypes, JSON output: the library `nft` itself uses, in
-OpenWrt's nftables-json package), everything else through rtnetlink (pyroute2) and /proc:
+OpenWrt's nftables-json package), everything else through rtnetlink (pyroute2), libbpf and
+/proc:
 - `fw4_table()`: fw4's zone jumps (to check a model against the ruleset the kernel runs),
   the `meta hour` values nft stored, a fingerprint that changes with any change of the table;
 - `set_elements()`: the elements of fw4's sets;
 - `mark_setters()`: everything that can set a packet's mark before fw4's filter hooks (nft
   `meta mark set` / `ct mark set` / iptables-nft targets / queues in any table, tc actions and
-  BPF classifiers on ingress, legacy iptables tables) plus `ip rule ... fwmark`, which the
-  project treats the same way: a router that routes by mark has something marking packets;
+  BPF classifiers on ingress, BPF programs on tcx links, legacy iptables tables) plus
+  `ip rule ... fwmark`, which the project treats the same way: a router that routes by mark
+  has something marking packets;
 - `nft_generation()`: nftables' generation id (NFT_MSG_GETGEN), which moves with every change
   of any table or set, to know when the above must be read again.
 """
@@ -281,6 +283,20 @@ def _tc_filter_sets_mark(f: Any) -> str | None:
     return None
 
 
+def tcx_mark_setters(ifindexes: set[int]) -> list[str]:
+    """BPF programs on tcx or netkit links (not listed as tc filters) of this namespace's
+    devices; link ifindexes carry no namespace, so one elsewhere with the same index counts
+    too."""
+    from . import libbpf
+    found = []
+    for info, prog in libbpf.all_links():
+        if info.type in (libbpf.BPF_LINK_TYPE_TCX, libbpf.BPF_LINK_TYPE_NETKIT) and \
+                info.ifindex in ifindexes and not prog.startswith(OWN_BPF_PREFIX):
+            found.append(f"BPF program {prog or '(unnamed)'} on a tcx link of ifindex "
+                         f"{info.ifindex} may set the mark")
+    return found
+
+
 def rule_fwmarks(ipr: IPRoute) -> list[str]:
     found = []
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -306,8 +322,9 @@ def legacy_iptables(proc: str = "/proc/net") -> list[str]:
 def mark_setters(nft: Nft) -> list[str]:
     """Everything on this router (network namespace) that can set or routes by a mark."""
     with IPRoute() as ipr:
-        return nft_mark_setters(nft) + tc_mark_setters(ipr) + rule_fwmarks(ipr) + \
-            legacy_iptables()
+        ifindexes = {link["index"] for link in ipr.get_links()}
+        return nft_mark_setters(nft) + tc_mark_setters(ipr) + tcx_mark_setters(ifindexes) + \
+            rule_fwmarks(ipr) + legacy_iptables()
 
 
 # -- clocks and generations -------------------------------------------------------------------
