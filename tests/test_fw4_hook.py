@@ -159,33 +159,29 @@ def test_keeper_keeps_the_last_good_model_only_while_fws_table_is_the_same():
     assert out["third"] is False and out["third_status"]["state"] == "off"
 
 
+def _setters_after_fw4_start(config: Path) -> list[str]:
+    res = session("-n", "-d", "--", "sh", "-c",
+                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
+                  f"{sys.executable} {__file__} setters", config=config)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def test_fws_own_mark_rules_are_found_in_the_kernel(tmp_path: Path):
     """A MARK rule in UCI: fw4 puts `meta mark set` in its mangle chains, and mark matches
     become undecidable; a MARK rule on output only does not count."""
     for name in ("network", "firewall"):
         (tmp_path / name).write_text((OWN_CASE / name).read_text())
-    res = session("-n", "-d", "--", "sh", "-c",
-                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
-                  f"{sys.executable} {__file__} setters", config=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+    assert _setters_after_fw4_start(tmp_path) == []
     with (tmp_path / "firewall").open("a") as f:
         f.write("\nconfig rule\n\toption name 'Mark-Output'\n\toption dest 'wan'\n"
                 "\toption target 'MARK'\n\toption set_mark '0x2'\n")
-    res = session("-n", "-d", "--", "sh", "-c",
-                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
-                  f"{sys.executable} {__file__} setters", config=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+    assert _setters_after_fw4_start(tmp_path) == []
     with (tmp_path / "firewall").open("a") as f:
         for dest in ("", "\toption dest 'wan'\n"):     # to the router, and forwarded
             f.write("\nconfig rule\n\toption name 'Mark-Guests'\n\toption src 'lan'\n"
                     f"{dest}\toption src_ip '192.168.1.66'\n\toption target 'MARK'\n"
                     "\toption set_mark '0x1'\n")
-    res = session("-n", "-d", "--", "sh", "-c",
-                  f"cp {OWN_CASE}/ebpfw-svc.txt /etc/ebpfw-svc.txt && fw4 start && "
-                  f"{sys.executable} {__file__} setters", config=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == [
+    assert _setters_after_fw4_start(tmp_path) == [
         "nft table inet fw4 chain mangle_input sets a mark",
         "nft table inet fw4 chain mangle_forward sets a mark"]
