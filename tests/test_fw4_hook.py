@@ -2,9 +2,9 @@
 """ucode/fw4-model.uc run by the real ucode and firewall4 (issue 9).
 
 Needs OpenWrt's userland (ubusd, a netifd stand-in, ucode, firewall4), which Debian does not
-have: found through EBPFW_OPENWRT_PREFIX (default /work/scratch/owrt/prefix when it exists),
-whose parent holds `router.sh`, the script that runs a private router session. Without it these
-tests skip, saying so.
+have: found through EBPFW_OPENWRT_PREFIX (a prefix built from upstream as
+../shared/openwrt-userland.md says), whose parent holds `router.sh`, the script that runs a
+private router session. Without it these tests skip, saying so (CI has none).
 
 Run as a script inside such a session (`python test_fw4_hook.py keeper HOOK`) it is the
 daemon's side of the last test: the model keeper with the real hook and the real kernel.
@@ -24,7 +24,9 @@ OWN_CASE = ROOT / "tests" / "data" / "fw4-cases" / "windows_sets_marks"
 
 
 def _router_sh() -> Path | None:
-    prefix = os.environ.get("EBPFW_OPENWRT_PREFIX") or "/work/scratch/owrt/prefix"
+    prefix = os.environ.get("EBPFW_OPENWRT_PREFIX")
+    if not prefix:
+        return None
     script = Path(prefix).parent / "router.sh"
     return script if script.is_file() and os.geteuid() == 0 else None
 
