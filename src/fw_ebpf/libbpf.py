@@ -812,32 +812,40 @@ def tc_hook_create(ifindex: int) -> bool:
     return True
 
 
+def _tc_point(egress: bool) -> tuple[int, str]:
+    return (BPF_TC_EGRESS, "egress") if egress else (BPF_TC_INGRESS, "ingress")
+
+
 def tc_attach(ifindex: int, prog_fd: int, handle: int, priority: int,
-              replace: bool = False) -> None:
+              replace: bool = False, egress: bool = False) -> None:
+    point, where = _tc_point(egress)
     opts = _tc_opts(handle, priority, prog_fd, BPF_TC_F_REPLACE if replace else 0)
-    ret = _lib.bpf_tc_attach(ctypes.byref(_hook(ifindex)), ctypes.byref(opts))
+    ret = _lib.bpf_tc_attach(ctypes.byref(_hook(ifindex, point)), ctypes.byref(opts))
     if ret == -errno.EEXIST:
-        raise BpfError(errno.EEXIST, f"{_ifname(ifindex)}: a tc ingress filter with handle "
+        raise BpfError(errno.EEXIST, f"{_ifname(ifindex)}: a tc {where} filter with handle "
                                      f"{handle:#x} priority {priority:#x} already exists")
-    _check(ret, f"{_ifname(ifindex)}: attaching tc ingress filter")
+    _check(ret, f"{_ifname(ifindex)}: attaching tc {where} filter")
 
 
-def tc_detach(ifindex: int, handle: int, priority: int) -> bool:
-    """Delete our ingress filter; False if it was not there."""
-    ret = _lib.bpf_tc_detach(ctypes.byref(_hook(ifindex)), ctypes.byref(_tc_opts(handle, priority)))
+def tc_detach(ifindex: int, handle: int, priority: int, egress: bool = False) -> bool:
+    """Delete our filter; False if it was not there."""
+    point, where = _tc_point(egress)
+    ret = _lib.bpf_tc_detach(ctypes.byref(_hook(ifindex, point)),
+                             ctypes.byref(_tc_opts(handle, priority)))
     if ret in (-errno.ENOENT, -errno.EINVAL):  # EINVAL: no clsact qdisc at all
         return False
-    _check(ret, f"{_ifname(ifindex)}: detaching tc ingress filter")
+    _check(ret, f"{_ifname(ifindex)}: detaching tc {where} filter")
     return True
 
 
-def tc_query(ifindex: int, handle: int, priority: int) -> int | None:
-    """Program id of the ingress filter at handle/priority, None if there is none."""
+def tc_query(ifindex: int, handle: int, priority: int, egress: bool = False) -> int | None:
+    """Program id of the filter at handle/priority, None if there is none."""
+    point, where = _tc_point(egress)
     opts = _tc_opts(handle, priority)
-    ret = _lib.bpf_tc_query(ctypes.byref(_hook(ifindex)), ctypes.byref(opts))
+    ret = _lib.bpf_tc_query(ctypes.byref(_hook(ifindex, point)), ctypes.byref(opts))
     if ret in (-errno.ENOENT, -errno.EINVAL):
         return None
-    _check(ret, f"{_ifname(ifindex)}: querying tc ingress filter")
+    _check(ret, f"{_ifname(ifindex)}: querying tc {where} filter")
     return int(opts.prog_id)
 
 

@@ -1,0 +1,88 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Test-only BPF programs that stand in for what this kernel lacks on the wire (tests/bpf/):
+a PPPoE session (pppoe_wire.c). Built like the fast path, loaded and attached with the
+project's own libbpf binding, in namespaces the tests own."""
+from __future__ import annotations
+
+import ctypes
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fw_ebpf import libbpf
+from fw_ebpf.libbpf import BpfObject
+from netns import run_in_netns, sh
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ROOT / "tests" / "bpf"
+BUILD = ROOT / "build" / "tests"
+
+# after ebpfw's filter (0xEB00): the fast path sees the wire as it is
+WIRE_PRIORITY, WIRE_HANDLE = 0xF000, 0xF0
+
+
+def build(name: str) -> Path:
+    """tests/bpf/<name>.c compiled for this host's byte order (when older than the source)."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    src, obj = SOURCES / f"{name}.c", BUILD / f"{name}.o"
+    if not obj.exists() or obj.stat().st_mtime < src.stat().st_mtime:
+        arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
+                              text=True).stdout.strip()
+        target = "bpfel" if sys.byteorder == "little" else "bpfeb"
+        subprocess.run(["clang", "-O2", "-g", "-Wall", "-Werror", "-target", target,
+                        f"-I/usr/include/{arch}", "-c", str(src), "-o", str(obj)], check=True)
+    return obj
+
+
+class _Wire(ctypes.Structure):
+    _fields_ = [("lower", ctypes.c_uint32), ("door", ctypes.c_uint32), ("sid", ctypes.c_uint16),
+                ("peer_mac", ctypes.c_uint8 * 6), ("lower_mac", ctypes.c_uint8 * 6),
+                ("upper_mac", ctypes.c_uint8 * 6)]
+
+
+def _mac(ifname: str) -> bytes:
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        return bytes.fromhex(f.read().strip().replace(":", ""))
+
+
+def _pppoe_end(obj_path: str, lower: str, upper: str, sid: int, peer_mac: bytes,
+               pin: str) -> None:
+    """In the namespace: the upper device (a NOARP veth whose peer is the door back in) and
+    the two programs, the session settings pinned at pin (to change the session later)."""
+    door = f"{upper}-door"
+    for cmd in (f"ip link add {upper} mtu 1492 type veth peer name {door}",
+                f"ip link set {upper} arp off", f"ip link set {upper} up", f"ip link set {door} up",
+                # a ppp device has no offloads: the stack segments before it, as here
+                f"ethtool -K {upper} tso off gso off sg off tx off", f"ethtool -K {door} gro off"):
+        sh(*cmd.split())
+    w = _Wire(lower=socket.if_nametoindex(lower), door=socket.if_nametoindex(door), sid=sid)
+    w.peer_mac[:], w.lower_mac[:], w.upper_mac[:] = peer_mac, _mac(lower), _mac(upper)
+    with BpfObject(obj_path) as obj:
+        obj.load()
+        config = obj.map("pppoe_wire")
+        config.update(bytes(4), bytes(w))
+        config.pin(pin)
+        for dev, prog, egress in ((upper, "pppoe_encap", True), (lower, "pppoe_decap", False)):
+            ifindex = socket.if_nametoindex(dev)
+            libbpf.tc_hook_create(ifindex)
+            libbpf.tc_attach(ifindex, obj.program(prog).fd, WIRE_HANDLE, WIRE_PRIORITY,
+                             egress=egress)
+
+
+def pppoe_end(ns: str, lower: str, upper: str, sid: int, peer_mac: bytes, pin: str) -> None:
+    """One end of a PPPoE session over `lower` in namespace ns, seen by its stack as `upper`."""
+    run_in_netns(ns, _pppoe_end, str(build("pppoe_wire")), lower, upper, sid, peer_mac, pin)
+
+
+def set_session(pin: str, sid: int) -> None:
+    """A new session id at one end (both ends must change: a session restart)."""
+    with libbpf.open_pinned_map(pin) as config:
+        w = _Wire.from_buffer_copy(config.lookup(bytes(4)))
+        w.sid = sid
+        config.update(bytes(4), bytes(w))
+
+
+def mac_in(ns: str, ifname: str) -> bytes:
+    return run_in_netns(ns, _mac, ifname)
+
