@@ -12,9 +12,17 @@ from typing import Any
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+from pyroute2.netlink.rtnl.fibmsg import fibmsg
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from fw_ebpf.conntrack import CtEntry, IPS_SEQ_ADJUST
 from fw_ebpf.maps import Tuple
+from fw_ebpf.nexthop import AF_BRIDGE, ETH_P_8021Q, Link, RtEvent, is_up
+from fw_ebpf.rtnl import Route
 
 
 class ct_msg(nfct_msg):
@@ -95,3 +103,111 @@ def ct_decode(message: bytes) -> CtEntry | None:
         seq_adjust=bool(status & IPS_SEQ_ADJUST) or "CTA_SEQ_ADJ_ORIG" in a
         or "CTA_SEQ_ADJ_REPLY" in a,
         packets=(po, pr), bytes=(bo, br))
+
+
+# ---------------------------------------------------------------------------- rtnetlink
+
+def _rt_decode(cls: type, message: bytes) -> Any:
+    msg = cls(message)
+    msg.decode()
+    return msg
+
+
+def _mac(text: str | None) -> bytes:
+    return bytes.fromhex(text.replace(":", "")) if text else b""
+
+
+def _nested(msg: Any, *names: str) -> Any:
+    for name in names:
+        if msg is None:
+            return None
+        msg = msg.get_attr(name)
+    return msg
+
+
+def link_ref(message: bytes) -> Link:
+    """nexthop.Link from one whole RTM_NEWLINK message, decoded by pyroute2."""
+    msg = _rt_decode(ifinfmsg, message)
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = (_nested(info, "IFLA_INFO_KIND") or "") if info is not None else ""
+    data = _nested(info, "IFLA_INFO_DATA")
+    slave = _nested(info, "IFLA_INFO_SLAVE_DATA")
+    extra: dict[str, Any] = {}
+    if kind == "vlan" and data is not None:
+        extra.update(parent=msg.get_attr("IFLA_LINK") or 0,
+                     vlan_id=data.get_attr("IFLA_VLAN_ID") or 0,
+                     vlan_proto=data.get_attr("IFLA_VLAN_PROTOCOL") or ETH_P_8021Q)
+    if kind == "bridge" and data is not None:
+        extra.update(vlan_filtering=bool(data.get_attr("IFLA_BR_VLAN_FILTERING")),
+                     bridge_vlan_proto=data.get_attr("IFLA_BR_VLAN_PROTOCOL") or ETH_P_8021Q)
+    if slave is not None and _nested(info, "IFLA_INFO_SLAVE_KIND") == "bridge":
+        state = slave.get_attr("IFLA_BRPORT_STATE")
+        if state is not None:
+            extra["port_state"] = state
+    return Link(index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or f"if{msg['index']}",
+                kind=kind, mac=_mac(msg.get_attr("IFLA_ADDRESS")),
+                mtu=msg.get_attr("IFLA_MTU") or 0, flags=msg["flags"],
+                operstate=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN",
+                arptype=msg["ifi_type"], master=msg.get_attr("IFLA_MASTER") or 0, **extra)
+
+
+def xdp_ids_ref(message: bytes) -> dict[str, int]:
+    xdp = _rt_decode(ifinfmsg, message).get_attr("IFLA_XDP")
+    if xdp is None:
+        return {}
+    ids = {"native": xdp.get_attr("IFLA_XDP_DRV_PROG_ID"),
+           "generic": xdp.get_attr("IFLA_XDP_SKB_PROG_ID")}
+    return {k: v for k, v in ids.items() if v}
+
+
+def route_ref(message: bytes) -> Route:
+    """rtnl.Route from one whole RTM_NEWROUTE message, decoded by pyroute2."""
+    msg = _rt_decode(rtmsg, message)
+    gw = msg.get_attr("RTA_GATEWAY")
+    via = msg.get_attr("RTA_VIA")
+    if not gw and via and isinstance(via, dict) and via.get("addr"):
+        gw = via["addr"]
+    metrics = msg.get_attr("RTA_METRICS")
+    return Route(msg["family"], msg["type"], msg.get_attr("RTA_TABLE") or msg["table"],
+                 msg.get_attr("RTA_OIF") or 0, ipaddress.ip_address(gw) if gw else None,
+                 (metrics.get_attr("RTAX_MTU") or 0) if metrics is not None else 0)
+
+
+def tc_kind_ref(message: bytes) -> tuple[int, int, int, str]:
+    """(ifindex, handle, parent, kind) of one whole RTM_NEWQDISC / RTM_NEWTFILTER message."""
+    msg = _rt_decode(tcmsg, message)
+    return msg["index"], msg["handle"], msg["parent"], msg.get_attr("TCA_KIND")
+
+
+_EVENT_CLASSES = {16: ("link", ifinfmsg), 17: ("link", ifinfmsg), 20: ("addr", ifaddrmsg),
+                  21: ("addr", ifaddrmsg), 24: ("route", rtmsg), 25: ("route", rtmsg),
+                  28: ("neigh", ndmsg), 29: ("neigh", ndmsg), 32: ("rule", fibmsg),
+                  33: ("rule", fibmsg)}
+
+
+def _addr(text: str | None) -> Any:
+    return ipaddress.ip_address(text) if text else None
+
+
+def event_ref(mtype: int, message: bytes) -> RtEvent | None:
+    """nexthop.RtEvent from one whole rtnetlink notification, decoded by pyroute2."""
+    if mtype not in _EVENT_CLASSES:
+        return None
+    kind, cls = _EVENT_CLASSES[mtype]
+    msg = _rt_decode(cls, message)
+    action = "del" if mtype & 1 else "new"
+    if kind == "link":
+        up = action == "new" and is_up(msg["flags"], msg.get_attr("IFLA_OPERSTATE"))
+        return RtEvent("link", action, msg["index"], up=up)
+    if kind == "neigh":
+        lladdr = _mac(msg.get_attr("NDA_LLADDR")) or None
+        if msg["family"] == AF_BRIDGE:
+            return RtEvent("fdb", action, msg["ifindex"], lladdr=lladdr)
+        return RtEvent("neigh", action, msg["ifindex"], _addr(msg.get_attr("NDA_DST")), lladdr)
+    if kind == "route":
+        return RtEvent("route", action, msg.get_attr("RTA_OIF") or 0,
+                       _addr(msg.get_attr("RTA_DST")))
+    if kind == "rule":
+        return RtEvent("route", action, 0)
+    return RtEvent("addr", action, msg["index"],
+                   _addr(msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")))

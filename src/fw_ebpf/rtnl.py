@@ -132,6 +132,12 @@ class Rtnl(nl.Socket):
         """The route the kernel takes for a packet src -> dst arriving on iif (0: sent by the
         router itself). Protocol and ports matter to multipath hashing and to rules with
         ipproto/ports. Raises NetlinkError (e.g. ENETUNREACH) when there is none."""
+        return route_from_msg(self.route_message(dst, src, iif, mark, l4proto, sport, dport))
+
+    def route_message(self, dst: Address, src: Address | None = None, iif: int = 0,
+                      mark: int = 0, l4proto: int | None = None, sport: int | None = None,
+                      dport: int | None = None) -> nl.Message:
+        """route_get()'s answer as the kernel sent it."""
         family = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         attrs = [nl.attr(RTA_DST, dst.packed)]
         if src is not None:
@@ -151,7 +157,7 @@ class Rtnl(nl.Socket):
         answers = self.request(RTM_GETROUTE, body, "route get")
         if not answers:
             raise self.error(errno.ENODATA, "route get")
-        return route_from_msg(answers[0])
+        return answers[0]
 
     def _neigh(self, family: int, ifindex: int, attrs: bytes, what: str) -> Neighbour | None:
         try:
