@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import control  # noqa: E402
 import forwarding  # noqa: E402
+import netlink_cost  # noqa: E402
 import perpacket  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "forwarding": forwarding.run,
     "control": control.run,
     "throughput": throughput.run,
+    "netlink": netlink_cost.run,
 }
 
 

@@ -305,6 +305,35 @@ def test_liberal_encoder_decodes_as_both_directions_be_liberal() -> None:
     assert orig.get_attr("CTA_TUPLE_IP").get_attr("CTA_IP_V4_DST") == "10.0.2.2"
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_tuples_in_another_layout_decode_as_pyroute2_does(family: int) -> None:
+    """Attributes in another order, a zone inside the tuple: the attribute walk, not the
+    fixed layout, and the same result as pyroute2's."""
+    a = ADDR[family]
+    v = "CTA_IP_V4" if family == 4 else "CTA_IP_V6"
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+
+    def tup(src: str, dst: str, sport: int, dport: int) -> dict[str, Any]:
+        return {"attrs": [
+            ["CTA_TUPLE_PROTO", {"attrs": [["CTA_PROTO_DST_PORT", dport],
+                                           ["CTA_PROTO_NUM", TCP],
+                                           ["CTA_PROTO_SRC_PORT", sport]]}],
+            ["CTA_TUPLE_IP", {"attrs": [[v + "_DST", dst], [v + "_SRC", src]]}],
+            ["CTA_TUPLE_ZONE", 3]]}
+
+    raw = ct_encode(ctmod.IPCTNL_MSG_CT_NEW, 0, 0, af, [
+        ["CTA_TUPLE_ORIG", tup(a["client"], a["server"], 40000, 80)],
+        ["CTA_TUPLE_REPLY", tup(a["server"], a["wan"], 80, 61000)],
+        ["CTA_STATUS", ctmod.IPS_CONFIRMED], ["CTA_ZONE", 3], ["CTA_MARK", 0x42],
+        ["CTA_TIMEOUT", 120], ["CTA_ID", 99]])
+    (m,) = nl.parse(raw)
+    assert ctmod._LAYOUT[af].unpack(nl.attrs(m.data, 4)[ctmod.CTA_TUPLE_ORIG]) is None
+    ours = ctmod.decode_entry(m.data)
+    assert ours is not None and ours == ct_decode(raw)
+    assert ours.orig == Tuple(TCP, A(a["client"]), A(a["server"]), 40000, 80)
+    assert (ours.zone, ours.mark, ours.timeout, ours.id) == (3, 0x42, 120, 99)
+
+
 def test_entry_directions_and_nat_without_kernel() -> None:
     orig = Tuple(TCP, A("10.0.1.2"), A("10.0.2.2"), 40000, 80)
     reply = Tuple(TCP, A("10.0.2.2"), A("10.0.2.1"), 80, 61000)
@@ -584,7 +613,7 @@ def _whole(m: nl.Message) -> bytes:
 
 def _raw_dump(sock: nl.Socket) -> list[nl.Message]:
     body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-    return sock.request(1 << 8 | ctmod.IPCTNL_MSG_CT_GET, body, "dump", dump=True)
+    return sock.request(1 << 8 | ctmod.IPCTNL_MSG_CT_GET, body, "dump", "dump")
 
 
 @needs_kernel
@@ -619,6 +648,10 @@ def test_decoder_agrees_with_pyroute2_on_every_entry_and_event() -> None:
             assert ours == ref, (m, ours, ref)
             if ours is None:
                 continue
+            a = nl.attrs(m.data, 4)   # the kernel's tuples take the fixed-layout path
+            layout = ctmod._LAYOUT[m.data[0]]
+            assert layout.unpack(a[ctmod.CTA_TUPLE_ORIG]) == ours.orig
+            assert layout.unpack(a[ctmod.CTA_TUPLE_REPLY]) == ours.reply
             seen["helper"] |= ours.helper == "ftp"
             seen["nat"] |= ours.nat
             seen["v6"] |= ours.orig.saddr.version == 6

@@ -17,6 +17,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -192,7 +193,7 @@ def _many_requests(rounds: int, eth1: int, br0: int) -> tuple[int, list[Any]]:
             with pytest.raises(nl.NetlinkError):
                 rt.route_get(ip_address("198.51.100.1"))
         dump = rt.request_iter(rtnl.RTM_GETLINK, rtnl.IFINFOMSG.pack(0, 0, 0, 0, 0),
-                               "link dump", dump=True)
+                               "link dump", "dump")
         next(dump)
         dump.close()                     # abandoned after one answer: read to its end
         seen.append(rt.link(eth1).type)  # and the socket still answers in step
@@ -233,13 +234,13 @@ def _tc_and_xdp(obj: str, pin_dir: str, eth1: int, lan0: int) -> dict[str, Any]:
             with rtnl.Rtnl() as rt:
                 out["qdiscs"] = rt.qdiscs(eth1)
                 raw = rt.request(rtnl.RTM_GETQDISC, rtnl.TCMSG.pack(0, eth1, 0, 0, 0), "q",
-                                 dump=True)
+                                 "dump")
                 out["qdiscs_ref"] = [tc_kind_ref(whole(m))[1:] for m in raw
                                      if tc_kind_ref(whole(m))[0] == eth1]
                 out["filters"] = rt.filters(eth1, TC_PARENT_INGRESS)
                 raw = rt.request(rtnl.RTM_GETTFILTER,
                                  rtnl.TCMSG.pack(0, eth1, 0, TC_PARENT_INGRESS, 0), "f",
-                                 dump=True)
+                                 "dump")
                 out["filters_ref"] = [tc_kind_ref(whole(m)) for m in raw]
                 out["xdp_ref"] = xdp_ids_ref(whole(rt.link(lan0)))
             out["xdp"] = rtnl.xdp_prog_ids(lan0)
@@ -428,3 +429,12 @@ def test_nft_event_overrun_is_still_a_change_with_the_current_generation(net: Ne
     assert seen == now and after is None
     # and the overrun did happen: 400 rule notifications do not fit 4 KiB
     assert run_in_netns(net.router, _overrun)[0] == -1
+
+
+def test_the_daemon_and_cli_never_import_pyroute2() -> None:
+    code = ("import sys, fw_ebpf.cli, fw_ebpf.daemon, fw_ebpf.nftevents; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyroute2'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, PYTHONPATH=str(Path(OBJ).parents[1]
+                                                                        / "src")))
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import struct
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
 # linux/netlink.h
 NETLINK_ROUTE = 0
@@ -42,6 +42,8 @@ NLA_F_NET_BYTEORDER = 1 << 14
 NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
 SO_RCVBUFFORCE = 33
 
+Mode = Literal["ack", "get", "dump"]
+_MODE_FLAGS = {"ack": NLM_F_ACK, "get": 0, "dump": NLM_F_DUMP}
 _HDR = struct.Struct("=IHHII")
 _NLA = struct.Struct("=HH")
 RECV_SIZE = 1 << 17     # larger than any datagram the kernel builds for us (dumps: ~32 KiB)
@@ -296,17 +298,22 @@ class Socket:
             return 0
         return len(parse(self._sock.recv(RECV_SIZE, socket.MSG_PEEK)))
 
-    def request(self, mtype: int, body: bytes, what: str, dump: bool = False,
+    def request(self, mtype: int, body: bytes, what: str, mode: Mode = "ack",
                 flags: int = 0) -> list[Message]:
-        """Send one request; its answers up to the ack or NLMSG_DONE. Errors raise NetlinkError."""
-        return list(self.request_iter(mtype, body, what, dump, flags))
+        """Send one request; its answers up to the end the mode says. Errors raise NetlinkError.
 
-    def request_iter(self, mtype: int, body: bytes, what: str, dump: bool = False,
+        "ack": a change, answered by an acknowledgement (returns []); "get": a GET, answered by
+        exactly one message (no ack is asked, so none is left to read); "dump": many messages
+        up to NLMSG_DONE.
+        """
+        return list(self.request_iter(mtype, body, what, mode, flags))
+
+    def request_iter(self, mtype: int, body: bytes, what: str, mode: Mode = "ack",
                      flags: int = 0) -> Iterator[Message]:
-        """request() as a generator; a caller that stops early leaves the rest to be skipped
-        by sequence number (or closes the generator, which reads it to the end)."""
+        """request() as a generator; closing it early reads the rest of the answers, and any
+        left over (an exception on the way) are skipped later by sequence number."""
         seq = self.next_seq()
-        flags |= NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        flags |= NLM_F_REQUEST | _MODE_FLAGS[mode]
         self.send(message(mtype, flags, seq, body))
         done = False
         try:
@@ -314,14 +321,12 @@ class Socket:
                 for m in self.recv() or ():
                     if m.seq != seq or done:
                         continue   # an abandoned request's answers
+                    # a GET's one answer may carry NLM_F_MULTI (ctnetlink sets it)
+                    done = mode == "get" or m.type in (NLMSG_ERROR, NLMSG_DONE)
                     if m.type == NLMSG_ERROR:
                         if m.error:
-                            done = True
                             raise self.error(m.error, what, m.text)
-                        done = True
-                    elif m.type == NLMSG_DONE:
-                        done = True
-                    else:
+                    elif m.type != NLMSG_DONE:
                         yield m
         finally:
             if not done:
@@ -334,29 +339,24 @@ class Socket:
                 if m.seq == seq and m.type in (NLMSG_ERROR, NLMSG_DONE):
                     return
 
-    def batch(self, requests: list[tuple[int, int, bytes]], what: str
-              ) -> list[tuple[list[Message], Message]]:
-        """Send many (type, flags, body) requests in one sendmsg, each with NLM_F_ACK; return,
-        per request in order, its answers and its terminating NLMSG_ERROR (error 0: ack).
+    def batch(self, requests: list[tuple[int, int, bytes]], what: str) -> list[Message]:
+        """Send many (type, flags, body) requests in one sendmsg; return, in order, the one
+        answer to each: a reply, or an NLMSG_ERROR (error 0: ack). So each request must be
+        answered by one message: a GET without NLM_F_ACK, or a change with it.
 
         The kernel handles the whole buffer in our send call, so all answers must fit the
         receive buffer at once: callers bound len(requests) by rcvbuf.
         """
-        first = self.next_seq(len(requests))
-        self.send(b"".join(message(t, f | NLM_F_REQUEST | NLM_F_ACK, (first + i - 1)
-                                   % 0x7FFFFFFF + 1, body)
+        n = len(requests)
+        first = self.next_seq(n)
+        self.send(b"".join(message(t, f | NLM_F_REQUEST, (first + i - 1) % 0x7FFFFFFF + 1, body)
                            for i, (t, f, body) in enumerate(requests)))
-        answers: list[list[Message]] = [[] for _ in requests]
-        ends: list[Message | None] = [None] * len(requests)
-        left = len(requests)
+        answers: list[Message | None] = [None] * n
+        left = n
         while left:
             for m in self.recv() or ():
                 i = (m.seq - first) % 0x7FFFFFFF
-                if i >= len(requests) or ends[i] is not None:
-                    continue
-                if m.type == NLMSG_ERROR:
-                    ends[i] = m
+                if i < n and answers[i] is None:
+                    answers[i] = m
                     left -= 1
-                else:
-                    answers[i].append(m)
-        return [(a, e) for a, e in zip(answers, ends) if e is not None]
+        return answers  # type: ignore[return-value]  # all set: left == 0

@@ -30,7 +30,7 @@ def _gen_id(m: nl.Message) -> int:
 def generation() -> int:
     """The ruleset's current generation id in the caller's network namespace."""
     with nl.Socket(nl.NETLINK_NETFILTER, "nftables") as sock:
-        answers = sock.request(_GETGEN, _NFGENMSG, "generation")
+        answers = sock.request(_GETGEN, _NFGENMSG, "generation", "get")
     for m in answers:
         if m.type == _NEWGEN:
             return _gen_id(m)

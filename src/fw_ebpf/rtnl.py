@@ -119,12 +119,12 @@ class Rtnl(nl.Socket):
         """Every device (RTM_NEWLINK messages); AF_BRIDGE with RTEXT_FILTER_BRVLAN: bridge
         ports and their VLANs."""
         body = IFINFOMSG.pack(family, 0, 0, 0, 0) + nl.attr(IFLA_EXT_MASK, nl.u32(ext_mask))
-        return self.request(RTM_GETLINK, body, "link dump", dump=True)
+        return self.request(RTM_GETLINK, body, "link dump", "dump")
 
     def link(self, ifindex: int) -> nl.Message:
         body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, ifindex, 0, 0) + nl.attr(
             IFLA_EXT_MASK, nl.u32(RTEXT_FILTER_SKIP_STATS))
-        return self.request(RTM_GETLINK, body, f"link {ifindex}")[0]
+        return self.request(RTM_GETLINK, body, f"link {ifindex}", "get")[0]
 
     def route_get(self, dst: Address, src: Address | None = None, iif: int = 0, mark: int = 0,
                   l4proto: int | None = None, sport: int | None = None,
@@ -154,7 +154,7 @@ class Rtnl(nl.Socket):
                 attrs.append(nl.attr(RTA_DPORT, nl.be16(dport)))
         body = RTMSG.pack(family, dst.max_prefixlen, src.max_prefixlen if src else 0,
                           0, 0, 0, 0, 0, 0) + b"".join(attrs)
-        answers = self.request(RTM_GETROUTE, body, "route get")
+        answers = self.request(RTM_GETROUTE, body, "route get", "get")
         if not answers:
             raise self.error(errno.ENODATA, "route get")
         return answers[0]
@@ -162,7 +162,7 @@ class Rtnl(nl.Socket):
     def _neigh(self, family: int, ifindex: int, attrs: bytes, what: str) -> Neighbour | None:
         try:
             answers = self.request(RTM_GETNEIGH, NDMSG.pack(family, ifindex, 0, 0, 0) + attrs,
-                                   what)
+                                   what, "get")
         except nl.NetlinkError as e:
             if e.errno == errno.ENOENT:
                 return None
@@ -188,7 +188,7 @@ class Rtnl(nl.Socket):
         """(handle, parent, kind) of every qdisc of a device."""
         out = []
         for m in self.request(RTM_GETQDISC, TCMSG.pack(0, ifindex, 0, 0, 0), "qdisc dump",
-                              dump=True):
+                              "dump"):
             _f, index, handle, parent, _info = TCMSG.unpack_from(m.data)
             if index == ifindex:   # the kernel may dump every device's
                 kind = nl.get_str(nl.attrs(m.data, TCMSG.size).get(TCA_KIND))
@@ -200,7 +200,7 @@ class Rtnl(nl.Socket):
         missing parent raises NetlinkError."""
         out = []
         for m in self.request(RTM_GETTFILTER, TCMSG.pack(0, ifindex, 0, parent, 0),
-                              "filter dump", dump=True):
+                              "filter dump", "dump"):
             _f, _index, handle, _parent, info = TCMSG.unpack_from(m.data)
             if handle:   # without a handle: the header the kernel sends for each priority
                 kind = nl.get_str(nl.attrs(m.data, TCMSG.size).get(TCA_KIND))
