@@ -21,6 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Callable, Iterable, Iterator, Literal
 
 from fw_ebpf import netlink as nl
+from fw_ebpf.maps import IPAddress as Address
 from fw_ebpf.maps import Tuple
 from fw_ebpf.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 
@@ -202,7 +203,8 @@ class _TupleLayout:
                         6, CTA_PROTO_DST_PORT) for flag in (0, nl.NLA_F_NESTED)}
         self.head_args = (ip_len, CTA_TUPLE_IP, 4 + alen, src)
         self.dst_args = (4 + alen, dst, 28, CTA_TUPLE_PROTO, 5, CTA_PROTO_NUM)
-        self.address = lru_cache(maxsize=4096)(IPv4Address if alen == 4 else IPv6Address)
+        cls: Callable[[bytes], Address] = IPv4Address if alen == 4 else IPv6Address
+        self.address = lru_cache(maxsize=4096)(cls)
 
     def pack(self, t: Tuple) -> bytes:
         return self.full.pack(*self.head_args, t.saddr.packed, *self.dst_args[:2],
@@ -221,7 +223,7 @@ class _TupleLayout:
                      int.from_bytes(dport, "big"))
 
 
-_LAYOUT = {socket.AF_INET: _TupleLayout(4, CTA_IP_V4_SRC, CTA_IP_V4_DST),
+_LAYOUT: dict[int, _TupleLayout] = {socket.AF_INET: _TupleLayout(4, CTA_IP_V4_SRC, CTA_IP_V4_DST),
            socket.AF_INET6: _TupleLayout(16, CTA_IP_V6_SRC, CTA_IP_V6_DST)}
 
 
@@ -361,23 +363,16 @@ class _Socket(nl.Socket):
         return super().error(err, what, text)
 
 
-class Conntrack:
+class Conntrack(nl.Owner):
     """Requests to the conntrack table of the netns this object was created in."""
+
+    _sock: _Socket
 
     def __init__(self) -> None:
         self._sock = _Socket()
         rcvbuf = self._sock.rcvbuf
         self._refresh_batch = max(16, min(REFRESH_BATCH, rcvbuf // _ERROR_TRUESIZE))
         self._lookup_batch = max(16, min(LOOKUP_BATCH, rcvbuf // _ANSWER_TRUESIZE))
-
-    def __enter__(self) -> Conntrack:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._sock.close()
 
     def get(self, orig: Tuple) -> CtEntry | None:
         """The entry with this original tuple (the kernel also matches it as a reply tuple)."""
@@ -509,7 +504,7 @@ _KINDS = {"new": NFNLGRP_CONNTRACK_NEW, "update": NFNLGRP_CONNTRACK_UPDATE,
           "destroy": NFNLGRP_CONNTRACK_DESTROY}
 
 
-class ConntrackEvents:
+class ConntrackEvents(nl.Owner):
     """Conntrack NEW/UPDATE/DESTROY events of the netns this object was created in.
 
     The socket is non-blocking, so fileno() can go into the daemon's selector and read() never
@@ -517,21 +512,11 @@ class ConntrackEvents:
     per entry.
     """
 
+    _sock: _Socket
+
     def __init__(self, kinds: Iterable[str] = ("new", "update", "destroy"),
                  rcvbuf: int = _EVENTS_RCVBUF) -> None:
         self._sock = _Socket([_KINDS[kind] for kind in kinds], rcvbuf, blocking=False)
-
-    def __enter__(self) -> ConntrackEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
 
     def read(self, max_events: int = 4096) -> list[CtEvent]:
         """The events queued now (up to about max_events); raises EventsLost after an overrun.

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import struct
-from typing import Iterable, Iterator, Literal
+from typing import Generator, Iterable, Iterator, Literal, Protocol, Self
 
 # linux/netlink.h
 NETLINK_ROUTE = 0
@@ -189,13 +189,38 @@ def strerror(err: int) -> str:
     return os.strerror(err) if err else "unknown error"
 
 
-class Socket:
+class _Closable(Protocol):
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class Owner:
+    """fileno() for a selector, close() and `with` for an object that owns one socket."""
+
+    _sock: _Closable
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class Socket(Owner):
     """A netlink socket of one protocol in the caller's network namespace.
 
     groups: multicast group numbers to join (events); rcvbuf: receive buffer in bytes (root
     may exceed net.core.rmem_max, which is small on routers); blocking: requests wait up to
     `timeout` seconds for answers, event sockets never wait. `name` prefixes error messages.
     """
+
+    _sock: socket.socket
 
     Error: type[NetlinkError] = NetlinkError   # what this socket's failures raise
     Lost: type[NetlinkError] = EventsLost      # ... and what a receive overrun raises
@@ -227,18 +252,6 @@ class Socket:
             self._sock.close()
             raise self.error(e.errno or 0, "socket") from None
         self.timeout = timeout
-
-    def __enter__(self) -> Socket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
 
     @property
     def rcvbuf(self) -> int:
@@ -309,7 +322,7 @@ class Socket:
         return list(self.request_iter(mtype, body, what, mode, flags))
 
     def request_iter(self, mtype: int, body: bytes, what: str, mode: Mode = "ack",
-                     flags: int = 0) -> Iterator[Message]:
+                     flags: int = 0) -> Generator[Message, None, None]:
         """request() as a generator; closing it early reads the rest of the answers, and any
         left over (an exception on the way) are skipped later by sequence number."""
         seq = self.next_seq()

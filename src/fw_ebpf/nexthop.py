@@ -473,24 +473,14 @@ class _EventSocket(nl.Socket):
     Lost = EventsLost
 
 
-class RtEvents:
+class RtEvents(nl.Owner):
     """Non-blocking rtnetlink subscription: links, neighbours + FDB, routes, rules, addresses."""
+
+    _sock: _EventSocket
 
     def __init__(self, rcvbuf: int = 4 << 20) -> None:
         self._sock = _EventSocket(nl.NETLINK_ROUTE, "rtnetlink events", GROUPS, rcvbuf,
                                   blocking=False)
-
-    def __enter__(self) -> RtEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
 
     def read(self) -> list[RtEvent]:
         """Everything queued now; never blocks. Raises EventsLost after a receive overrun."""

@@ -37,24 +37,14 @@ def generation() -> int:
     raise nl.NetlinkError("nftables generation: no answer")
 
 
-class NftEvents:
+class NftEvents(nl.Owner):
     """Ruleset changes of the netns this object was created in; fileno() for a selector."""
+
+    _sock: nl.Socket
 
     def __init__(self, rcvbuf: int = 1 << 20) -> None:
         self._sock = nl.Socket(nl.NETLINK_NETFILTER, "nftables events", (NFNLGRP_NFTABLES,),
                                rcvbuf, blocking=False)
-
-    def __enter__(self) -> NftEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._sock.close()
 
     def read(self, max_datagrams: int = 1024) -> int | None:
         """The newest generation committed since the last read, None if there was none.
