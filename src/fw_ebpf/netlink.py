@@ -3,9 +3,9 @@
 
 Sockets, message framing, attributes (TLVs) and error handling, hand-written for the few
 messages the daemon exchanges: a general-purpose library would cost the daemon ~24 MB of RSS
-and ~200 us per decoded message. Every request asks for an acknowledgement (or is a dump,
-which ends in NLMSG_DONE) and is read up to that terminating message, so no reply is ever left
-queued behind; answers are matched to requests by sequence number.
+and ~200 us per decoded message. Every request is read up to the message that ends its answers
+(the ack of a change, the one answer of a GET, which asks for no ack, NLMSG_DONE of a dump),
+so no reply is ever left queued behind; answers are matched to requests by sequence number.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ NLM_F_EXCL = 0x200      # NEW requests: the same bits as ROOT / MATCH
 NLM_F_CREATE = 0x400
 NLM_F_CAPPED = 0x100    # in an NLMSG_ERROR: only the request's header is echoed
 NLM_F_ACK_TLVS = 0x200  # in an NLMSG_ERROR: extended ack attributes follow
-NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 NLMSGERR_ATTR_MSG = 1
@@ -323,8 +322,8 @@ class Socket(Owner):
 
     def request_iter(self, mtype: int, body: bytes, what: str, mode: Mode = "ack",
                      flags: int = 0) -> Generator[Message, None, None]:
-        """request() as a generator; closing it early reads the rest of the answers, and any
-        left over (an exception on the way) are skipped later by sequence number."""
+        """request() as a generator; closing it early reads the rest of the answers (any left
+        over after an exception are skipped later by sequence number)."""
         seq = self.next_seq()
         flags |= NLM_F_REQUEST | _MODE_FLAGS[mode]
         self.send(message(mtype, flags, seq, body))
@@ -341,9 +340,10 @@ class Socket(Owner):
                             raise self.error(m.error, what, m.text)
                     elif m.type != NLMSG_DONE:
                         yield m
-        finally:
+        except GeneratorExit:
             if not done:
                 self._finish(seq)
+            raise
 
     def _finish(self, seq: int) -> None:
         """Read up to the end of request seq's answers (a dump abandoned half way)."""
