@@ -210,7 +210,10 @@ def render(res: Results) -> str:
 
 
 def _reruns(meta: Results) -> str:
-    later = [f"{name} re-run with `{r['command']}` on {r['date']}"
+    later = [f"{name} re-run with `{r['command']}` on {r['date']}" + (
+                 f" ({r['cpus']} CPUs, {r['cpu_model']}, kernel {r['kernel']})"
+                 if "cpu_model" in r and (r["cpu_model"], r["kernel"]) !=
+                 (meta.get("cpu_model"), meta.get("kernel")) else "")
              for name, r in meta.get("runs", {}).items() if r["command"] != meta.get("command")]
     return f" ({'; '.join(later)})" if later else ""
 

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv6Address
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal, Sequence
 
 from fw_ebpf import netlink as nl
 from fw_ebpf.maps import IPAddress as Address
@@ -89,7 +89,7 @@ _TIMEOUT_SYSCTL = {
 # answer at once, so a batch's answers must fit the receive buffer. Kernel memory charged per
 # queued message, generously: an error (refresh of a vanished entry) / an entry plus its ack.
 REFRESH_BATCH = 512
-LOOKUP_BATCH = 1024
+LOOKUP_BATCH = 256
 _ERROR_TRUESIZE = 2048
 _ANSWER_TRUESIZE = 4096
 _REQ_RCVBUF = 4 << 20
@@ -392,21 +392,21 @@ class Conntrack(nl.Owner):
         """
         return _direction(self.get(t), t)
 
-    def lookup_many(self, tuples: Iterable[Tuple]
-                    ) -> dict[Tuple, tuple[CtEntry, Direction] | None]:
-        """lookup() of many tuples: the GETs go out in batches, then all answers are read."""
-        want = list(dict.fromkeys(tuples))
-        found: dict[Tuple, tuple[CtEntry, Direction] | None] = {}
-        for i in range(0, len(want), self._lookup_batch):
-            chunk = want[i:i + self._lookup_batch]
+    def lookup_many(self, tuples: Sequence[Tuple]) -> list[tuple[CtEntry, Direction] | None]:
+        """lookup() of each tuple, in order: the GETs go out in batches, then all answers are
+        read. A list, not a dict: hashing a Tuple (its ipaddress objects) costs more than
+        decoding its answer."""
+        found: list[tuple[CtEntry, Direction] | None] = []
+        for i in range(0, len(tuples), self._lookup_batch):
+            chunk = tuples[i:i + self._lookup_batch]
             answers = self._sock.batch([(_CT_GET, 0, _body(t)) for t in chunk], "lookup")
             for t, m in zip(chunk, answers):
-                if m.type == NLMSG_ERROR:
-                    if m.error != errno.ENOENT:
-                        raise self._sock.error(m.error or errno.EPROTO, "lookup", m.text)
-                    found[t] = None
+                if m.type != NLMSG_ERROR:
+                    found.append(_direction(decode_entry(m.data), t))
+                elif m.error == errno.ENOENT:
+                    found.append(None)
                 else:
-                    found[t] = _direction(decode_entry(m.data), t)
+                    raise self._sock.error(m.error or errno.EPROTO, "lookup", m.text)
         return found
 
     def delete(self, orig: Tuple) -> bool:
