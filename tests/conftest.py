@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Shared fixtures: the compiled BPF objects (built on demand) and root checks."""
+"""Shared fixtures: the compiled BPF objects (built on demand), pin dirs, the e2e lab, root
+checks."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from lab import Lab
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build"
@@ -46,6 +49,19 @@ def pin_dir() -> Iterator[str]:
     finally:
         subprocess.run(["umount", mnt], check=False)
         shutil.rmtree(mnt, ignore_errors=True)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """A router lab with an echo server; the daemon log is printed when the test failed."""
+    with Lab() as the_lab:
+        the_lab.start_echo_server(the_lab.server)
+        yield the_lab
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed and the_lab.daemon_log.exists():
+            lines = [x for x in the_lab.daemon_log.read_text().splitlines()
+                     if "fw_ebpf" in x and "libbpf:" not in x]
+            print("--- daemon log (tail) ---\n" + "\n".join(lines[-60:]))
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0,

@@ -1,15 +1,24 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """The differential proof: policy.py against the real kernel running fw4's real ruleset.
 
-For each case in ../shared/fw4-cases that loads here, the case's topology is built in network
-namespaces, its ruleset.nft loaded into the router, and TCP and UDP probes sent from every zone
-to every other zone and to the router, IPv4 and IPv6, over every port a rule or redirect names
-(and its neighbours, and a few usual ones). Every receiver listens on every probed port, so a
-reset or an ICMP error can only come from the firewall. Each probe's outcome (delivered,
-rejected, dropped) is compared with Policy.decide() on the case's model.json.
+For each case in ../shared/fw4-cases that loads here, and the project's own cases in
+tests/data/fw4-cases, the case's topology is built in network namespaces, its ruleset.nft
+loaded into the router, and TCP and UDP probes sent from every zone to every other zone and to
+the router, IPv4 and IPv6, over every port a rule, redirect or set names (and its neighbours,
+and a few usual ones). Every receiver listens on every probed port, so a reset or an ICMP error
+can only come from the firewall. Each probe's outcome (delivered, rejected, dropped) is
+compared with Policy.decide() on the case's model.json, with the facts the daemon would read
+in the router: marks (nothing sets one there), set contents, the clock.
 
-Required: policy never says DROP where the kernel delivered or rejected. The agreement table
-goes to stdout and build/fw4-differential.json.
+Time windows: the ruleset is loaded with a TZ that puts the router's local time at 12:30, and
+every window in the cases starts or ends at least half an hour away from it. The policy decides
+each probe at the moment it was sent and at the moment its outcome was known; a probe whose
+verdict differs between the two (a `meta day` boundary, which follows the kernel's own
+timezone, passing during the run) is left out and counted as such.
+
+Required: policy never says DROP where the kernel delivered or rejected, decides at least
+99 % of the probes, and every verdict it decides is the kernel's. The agreement table goes to
+stdout and build/fw4-differential.json.
 
 Run as a script (`python test_fw4_differential.py listen LOG PORTS`) it is the listener the
 test starts in each namespace.
@@ -38,8 +47,12 @@ from typing import Iterator
 
 CASES_DIR = Path(__file__).resolve().parents[2] / "shared" / "fw4-cases"
 ROOT = Path(__file__).resolve().parents[1]
+OWN_CASES = ROOT / "tests" / "data" / "fw4-cases"
 REPORT = ROOT / "build" / "fw4-differential.json"
-CASES = ("default", "portfwd_rules", "three_zones_guest", "flow_offloading")
+CASES = ("default", "portfwd_rules", "three_zones_guest", "flow_offloading",
+         "windows_sets_marks")
+LOCAL_TIME = 12 * 60 + 30     # minutes after local midnight the router's TZ is chosen for
+MIN_DECIDED = 0.99
 NOT_LOADING = {"flow_offloading": "needs an nft flowtable (NF_FLOW_TABLE), which this kernel "
                                   "lacks; its model is covered by test_policy.py"}
 EXTRA_PORTS = (22, 23, 53, 80, 443, 5000, 8080)
@@ -60,6 +73,22 @@ GUEST4 = "192.168.3.10"
 
 _seq = itertools.count()
 _results: dict[str, dict] = {}
+
+
+def case_dir(case: str) -> Path:
+    own = OWN_CASES / case
+    return own if own.is_dir() else CASES_DIR / case
+
+
+def tz_for_local_time(now: float, minutes: int = LOCAL_TIME) -> tuple[str, int]:
+    """A POSIX TZ (no DST) whose local time at `now` is `minutes` after midnight, and its
+    offset east of UTC in seconds."""
+    utc = int(now // 60) % 1440
+    east = (minutes - utc) % 1440
+    if east >= 720:
+        east -= 1440
+    sign = "-" if east >= 0 else "+"          # POSIX counts west
+    return f"EBPF{sign}{abs(east) // 60:02d}:{abs(east) % 60:02d}", east * 60
 
 
 def _run(*cmd: str, check: bool = True) -> str:
@@ -113,6 +142,8 @@ class Topology:
     case: str
     ports: list[int]
     guest: bool
+    tz: str = "UTC0"         # the TZ fw4's nft loads the ruleset with
+    gmtoff: int = 0          # its offset east of UTC
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}{next(_seq)}")
     procs: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
@@ -218,7 +249,7 @@ class Topology:
                 self.ex(host_ns, f"ip neigh replace {a} lladdr {r_mac} dev {host_dev} "
                                  "nud permanent")
 
-        self.ex(r, f"nft -f {CASES_DIR / self.case / 'ruleset.nft'}")
+        self.ex(r, f"env TZ={self.tz} nft -f {case_dir(self.case) / 'ruleset.nft'}")
         for ns in self.namespaces:
             self._start_listener(ns)
 
@@ -258,6 +289,8 @@ class Probe:
     sport: int = 0
     outcome: str = ""   # delivered, rejected, dropped
     detail: str = ""
+    sent: float = 0.0   # wall clock when the first packet left, and when the outcome was known
+    known: float = 0.0
 
 
 class _Pacer:
@@ -284,6 +317,7 @@ def _probe_one(p: Probe, pacer: _Pacer) -> Probe:
             if p.to_router:
                 pacer.wait()
             s.settimeout(TCP_TIMEOUT)
+            p.sent = time.time()
             try:
                 s.connect((p.dst, p.port))
                 p.outcome = "delivered"
@@ -291,8 +325,10 @@ def _probe_one(p: Probe, pacer: _Pacer) -> Probe:
                 p.outcome = "dropped"
             except OSError as e:
                 p.outcome, p.detail = "rejected", errno.errorcode.get(e.errno or 0, str(e))
+            p.known = time.time()
             return p
         s.connect((p.dst, p.port))
+        p.sent = time.time()
         s.send(p.token.encode())
         s.settimeout(UDP_WAIT)
         try:
@@ -302,6 +338,7 @@ def _probe_one(p: Probe, pacer: _Pacer) -> Probe:
             pass
         except OSError as e:
             p.outcome, p.detail = "rejected", errno.errorcode.get(e.errno or 0, str(e))
+        p.known = time.time()
     return p
 
 
@@ -332,14 +369,19 @@ def _measure(topo: Topology, role: str, batch: list[Probe]) -> list[Probe]:
     return done
 
 
-def _case_ports(model: object) -> list[int]:
-    from fw_ebpf.fw4 import Model
-    assert isinstance(model, Model)
+def _case_ports(model: object, facts: object) -> list[int]:
+    from fw_ebpf.fw4 import Model, PortRange
+    from fw_ebpf.fw4sets import SetContents
+    from fw_ebpf.policy import Facts
+    assert isinstance(model, Model) and isinstance(facts, Facts)
     ports: set[int] = set(EXTRA_PORTS)
     matches = [r.match for rs in model.rules.values() for r in rs]
     matches += [r.match for rs in model.redirects.values() for r in rs]
     ranges = [pr for m in matches for pr in m.dports_pos + m.dports_neg]
     ranges += [r.rport for rs in model.redirects.values() for r in rs if r.rport]
+    # ports a set names (in UCI or its load file)
+    ranges += [part for c in facts.sets.values() if isinstance(c, SetContents)
+               for e in c.elements for part in e if isinstance(part, PortRange)]
     for pr in ranges:
         for edge in (pr.first, pr.last):
             ports.update((edge - 1, edge, edge + 1))
@@ -374,7 +416,48 @@ def _matrix(topo: Topology, ports: list[int]) -> dict[str, list[Probe]]:
     return out
 
 
-def _policy_for(topo: Topology, model: object) -> object:
+def _router_facts(model: object) -> tuple[list[str], dict[str, object], frozenset[int] | None]:
+    """Runs in the router namespace: what the daemon reads there (fw4live.Router.read)."""
+    from fw_ebpf import fw4kernel
+    from fw_ebpf.fw4 import Model
+    assert isinstance(model, Model)
+    with fw4kernel.Nft() as nft:
+        table = fw4kernel.fw4_table(nft)
+        kernel_sets = {s.name: fw4kernel.set_elements(nft, s.name, s.types)
+                       for s in model.ipsets}
+        return (fw4kernel.mark_setters(nft), kernel_sets,
+                table.hour_values if table else None)
+
+
+def _facts_for(topo: Topology, model: object) -> object:
+    from netns import run_in_netns
+
+    from fw_ebpf.fw4 import Model
+    from fw_ebpf.fw4kernel import kernel_minuteswest
+    from fw_ebpf.fw4sets import static_sets
+    from fw_ebpf.policy import Facts, TimeView
+    assert isinstance(model, Model)
+    setters, kernel_sets, hours = run_in_netns(topo.router, _router_facts, model)
+    files = case_dir(topo.case)
+    sets = static_sets(model.ipsets, lambda path: (files / Path(path).name).read_text(),
+                       kernel_sets)  # type: ignore[arg-type]
+    return Facts(time=TimeView(now=time.time, nft_gmtoff=topo.gmtoff,
+                               kernel_west=kernel_minuteswest(), kernel_hours=hours),
+                 mark_setter=setters[0] if setters else None, sets=sets)
+
+
+def _uci_sets(case: str, model: object) -> object:
+    """The sets as UCI and the load files fill them (for choosing ports before the router)."""
+    from fw_ebpf.fw4 import Model
+    from fw_ebpf.fw4sets import static_sets
+    from fw_ebpf.policy import Facts
+    assert isinstance(model, Model)
+    files = case_dir(case)
+    return Facts(sets=static_sets(model.ipsets,
+                                  lambda path: (files / Path(path).name).read_text()))
+
+
+def _policy_for(topo: Topology, model: object, facts: object) -> object:
     from fw_ebpf.policy import Policy
     local = {ipaddress.ip_address(a) for a in (R_LAN4, R_LAN6, R_WAN4, R_WAN6)}
     if topo.guest:
@@ -389,15 +472,16 @@ def _policy_for(topo: Topology, model: object) -> object:
 
     def out_device(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         return next((d for n, d in table if n.version == addr.version and addr in n), None)
-    return Policy(model, lambda a: a in local, out_device)  # type: ignore[arg-type]
+    return Policy(model, lambda a: a in local, out_device, facts)  # type: ignore[arg-type]
 
 
 _KERNEL_OF = {"accept": "delivered", "reject": "rejected", "drop": "dropped"}
 
 
-def _compare(case: str, topo: Topology, probes: list[Probe], model: object) -> dict:
+def _compare(case: str, topo: Topology, probes: list[Probe], model: object,
+             facts: object) -> dict:
     from fw_ebpf.policy import Query, Verdict
-    policy = _policy_for(topo, model)
+    policy = _policy_for(topo, model, facts)
     counts: Counter[str] = Counter()
     unsafe, examples = [], []
     for p in probes:
@@ -405,8 +489,11 @@ def _compare(case: str, topo: Topology, probes: list[Probe], model: object) -> d
         q = Query(family, 6 if p.proto == "tcp" else 17, ipaddress.ip_address(p.src),
                   ipaddress.ip_address(p.dst), p.sport, p.port,
                   topo.hosts[p.src_role].router_dev)
-        d = policy.decide(q)  # type: ignore[attr-defined]
+        d = policy.decide(q, now=p.sent)  # type: ignore[attr-defined]
         counts["probes"] += 1
+        if policy.decide(q, now=p.known).verdict is not d.verdict:  # type: ignore[attr-defined]
+            counts["left out: a window boundary passed while probing"] += 1
+            continue
         if d.verdict is Verdict.UNKNOWN:
             counts["policy UNKNOWN"] += 1
             continue
@@ -422,11 +509,14 @@ def _compare(case: str, topo: Topology, probes: list[Probe], model: object) -> d
             unsafe.append(row)
         if len(examples) < 20:
             examples.append(row)
+    judged = counts["probes"] - counts["left out: a window boundary passed while probing"]
+    decided = judged - counts["policy UNKNOWN"]
+    counts["decided %"] = round(100 * decided / judged, 2) if judged else 0   # type: ignore
     return {"counts": dict(counts), "unsafe": unsafe, "disagreements": examples}
 
 
 def _print_table(case: str, counts: dict[str, int]) -> None:
-    keys = ["probes", "agree", "policy UNKNOWN"]
+    keys = ["probes", "decided %", "agree", "policy UNKNOWN"]
     extra = sorted(k for k in counts if k not in keys)
     print(f"\nfw4 differential, case {case}:")
     for k in keys + extra:
@@ -440,7 +530,9 @@ def _write_report() -> None:
 
 @contextlib.contextmanager
 def _topology(case: str, ports: list[int]) -> Iterator[Topology]:
-    with Topology(case, ports, guest=(case == "three_zones_guest")) as topo:
+    tz, gmtoff = tz_for_local_time(time.time())
+    with Topology(case, ports, guest=(case == "three_zones_guest"), tz=tz) as topo:
+        topo.gmtoff = gmtoff
         yield topo
 
 
@@ -452,17 +544,18 @@ import pytest  # noqa: E402  (the listener above must not need it)
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: builds network namespaces")
 @pytest.mark.parametrize("case", CASES)
 def test_policy_never_says_drop_where_fw4_delivers_or_rejects(case: str) -> None:
-    if not CASES_DIR.is_dir():
+    if not case_dir(case).is_dir():
         pytest.skip(f"{CASES_DIR} is absent: no real fw4 cases to compare with")
     if case in NOT_LOADING:
         pytest.skip(f"{case}: ruleset does not load here: {NOT_LOADING[case]}")
     from fw_ebpf.fw4 import load_model
-    model = load_model(CASES_DIR / case / "model.json")
-    ports = _case_ports(model)
+    model = load_model(case_dir(case) / "model.json")
     started = time.monotonic()
     probes: list[Probe] = []
     recovered = 0
+    ports = _case_ports(model, _uci_sets(case, model))
     with _topology(case, ports) as topo:
+        facts = _facts_for(topo, model)
         for role, batch in _matrix(topo, ports).items():
             done = _measure(topo, role, batch)
             # a drop is confirmed by a second probe: a lost first packet right after setup
@@ -473,9 +566,11 @@ def test_policy_never_says_drop_where_fw4_delivers_or_rejects(case: str) -> None
             retried = {(p.proto, p.src, p.dst, p.port): p for p in again}
             recovered += sum(p.outcome != "dropped" for p in again)
             probes += [retried.get((p.proto, p.src, p.dst, p.port), p) for p in done]
-        result = _compare(case, topo, probes, model)
+        result = _compare(case, topo, probes, model, facts)
     result["counts"]["first probe lost, second not dropped"] = recovered
     result["ports"] = ports
+    result["tz"] = topo.tz
+    result["mark_setter"] = facts.mark_setter  # type: ignore[attr-defined]
     result["seconds"] = round(time.monotonic() - started, 1)
     _results[case] = result
     _write_report()
@@ -483,6 +578,9 @@ def test_policy_never_says_drop_where_fw4_delivers_or_rejects(case: str) -> None
     for row in result["disagreements"]:
         print("   ", row)
     assert not result["unsafe"], f"policy said DROP where the kernel did not: {result['unsafe']}"
+    assert result["counts"]["decided %"] >= 100 * MIN_DECIDED, result["counts"]
+    # every decided verdict is the kernel's (a wrong clock or set would show here first)
+    assert not result["disagreements"], result["disagreements"]
 
 
 if __name__ == "__main__":

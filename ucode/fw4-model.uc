@@ -4,10 +4,25 @@
 // Prints firewall4's parsed model as one JSON object (the contract in fw4-cases/README.md).
 // load(false): parse UCI and ubus like `fw4 print`, write no state file. Only collects; the
 // Python side (fw_ebpf/fw4.py) does the thinking.
+//
+// Beside fw4's own keys, `ebpfw` says what the model was made from, so a model made while
+// netifd was not answering can be told from one of a router whose networks are down: the
+// networks netifd reported, the enabled interfaces and zones in UCI.
 
 let fw4 = require("fw4");
+let uci = require("uci");
 
 fw4.load(false);
+
+let cursor = uci.cursor();
+let uci_networks = [];
+let uci_zones = 0;
+
+cursor.foreach("network", "interface", s => {
+	if (s.disabled != "1")
+		push(uci_networks, s[".name"]);
+});
+cursor.foreach("firewall", "zone", s => { if (s.enabled != "0") uci_zones++; });
 
 let chains = [ "input", "output", "forward", "dstnat", "srcnat" ];
 
@@ -41,5 +56,10 @@ printf("%J\n", {
 	zones: fw4.zones(),
 	rules: rules,
 	redirects: redirects,
-	ipsets: fw4.ipsets()
+	ipsets: fw4.ipsets(),
+	ebpfw: {
+		netifd: keys(fw4.state?.networks ?? {}),
+		uci_networks: uci_networks,
+		uci_zones: uci_zones
+	}
 });

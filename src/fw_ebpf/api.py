@@ -91,6 +91,7 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
                          if c.is_pass_reason and v},
         "last_sweep_ms": round(d.last_sweep_s * 1000, 2),
         "admission_ms": _percentiles(list(d.admission_ms)),
+        "fw4_model": d.fw4.status() if d.settings.early_drop else {"state": "early drop off"},
         "settings": {"idle_timeout": d.settings.idle_timeout, "flows_max": d.settings.flows_max,
                      "sweep_interval": d.settings.sweep_interval,
                      "heartbeat_timeout": d.settings.heartbeat_timeout},
@@ -129,6 +130,7 @@ def _flow(rec: Any, now_ns: int) -> dict[str, Any]:
         "dst": f"{_host(t.daddr)}:{t.dport}",
         "packets": rec.packets,
         "bytes": rec.bytes,
+        "age_s": round(max(0.0, time.monotonic() - rec.created), 2),
     }
     if rec.info.vlan != (0, 0):
         item["vlan"] = list(rec.info.vlan)

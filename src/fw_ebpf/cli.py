@@ -12,7 +12,6 @@ from typing import Any
 
 from fw_ebpf import api, config
 from fw_ebpf.control import DEFAULT_PATH, ControlError, call
-from fw_ebpf.loader import DEFAULT_PIN_DIR
 
 DEFAULT_CONFIG = "/etc/config/ebpfw"
 
@@ -40,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--flows-max", type=int, help="flow table size")
     run.add_argument("--log-level", choices=config.LOG_LEVELS)
     run.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
-    run.add_argument("--pin-dir", default=DEFAULT_PIN_DIR, help="bpffs directory for pins")
+    run.add_argument("--pin-dir", default=config.PIN_DIR, help="bpffs directory for pins")
     run.add_argument("--object-dir", help="directory of ebpfw-le.o / ebpfw-be.o")
     run.add_argument("--fw4-model", metavar="FILE",
                      help="fw4's model as JSON (default: ask the ucode hook, on a router)")
@@ -152,6 +151,11 @@ def _print_status(s: dict[str, Any]) -> None:
     if adm["count"]:
         print(f"admission (first packet to offloaded): p50 {adm['p50']} ms, p99 {adm['p99']} ms, "
               f"max {adm['max']} ms over {adm['count']} flows")
+    m = s.get("fw4_model", {})
+    if m:
+        age = f", model read {m['model_age_s']} s ago" if m.get("model_age_s") is not None else ""
+        why = f": {m['error']} (retry in {m['retry_in_s']} s)" if m.get("error") else ""
+        print(f"early drop: fw4 model {m['state']}{age}{why}")
     c = s["counters"]
     print(f"packets: rx {c['rx']}, forwarded {c['forward']}, dropped {c['drop']}, "
           f"passed {c['pass']}")

@@ -18,6 +18,7 @@ LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
 
 
 DEFAULT_DIR = "/etc/config"
+PIN_DIR = "/sys/fs/bpf/ebpfw"     # maps and links, so a restarted daemon re-adopts live flows
 SWITCH = "flow_offloading_ebpf"
 DISABLED_REASON = f"disabled (firewall.@defaults[0].{SWITCH} is not 1)"
 

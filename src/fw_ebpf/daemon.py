@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import math
 import os
 import selectors
 import signal
@@ -20,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fw_ebpf import api, fw4, maps, ubus_api
+from fw_ebpf import api, config, fw4, maps, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
 from fw_ebpf import rtnl
@@ -28,11 +29,12 @@ from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
 from fw_ebpf.flows import FlowBook, FlowRecord
+from fw_ebpf.fw4live import Fw4Keeper
 from fw_ebpf.libbpf import BpfMap, RingBuffer
-from fw_ebpf.loader import DEFAULT_PIN_DIR, Loader
+from fw_ebpf.loader import Loader
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
-from fw_ebpf.policy import Policy, Query, Verdict
+from fw_ebpf.policy import Facts, Policy, Query, Verdict
 from fw_ebpf.ubus_api import CallQueue
 
 log = logging.getLogger("fw_ebpf.daemon")
@@ -52,7 +54,7 @@ SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "
 @dataclass(frozen=True)
 class Paths:
     object_dir: str | None = None
-    pin_dir: str = DEFAULT_PIN_DIR
+    pin_dir: str = config.PIN_DIR
     control: str = DEFAULT_PATH
     config: str | None = None
     fw4_model: str | None = None    # fw4's model as JSON; None: ask the ucode hook if present
@@ -79,6 +81,8 @@ class Daemon:
         self._modes: dict[int, str] = {}     # attached ifindex -> hook mode
         self._ct_expiry: dict[maps.Tuple, float] = {}   # offloaded connection -> conntrack timeout
         self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
+        self.fw4 = Fw4Keeper(self._read_model, self._make_policy)
+        self.policy: Policy | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -172,6 +176,8 @@ class Daemon:
                 if self._revalidate or self._stale:
                     self._revalidate_flows()
                 self._run_retries()
+                if time.monotonic() >= self.fw4.retry_at:
+                    self._fw4_tick()
                 if time.monotonic() >= self._next_sweep:
                     self.sweep()
                 if self._reload:
@@ -189,6 +195,7 @@ class Daemon:
         deadline = self._next_sweep
         if self._retries:
             deadline = min(deadline, self._retries[0][0])
+        deadline = min(deadline, self.fw4.retry_at)
         return max(0.0, deadline - time.monotonic())
 
     # -- fast-path events -----------------------------------------------------------------------
@@ -241,8 +248,11 @@ class Daemon:
                                             dport=t.dport, in_device=in_device))
         rec.reason = f"no conntrack entry; fw4 {decision.verdict.name.lower()}: {decision.reason}"
         if decision.verdict == Verdict.DROP:
+            ttl_ns = drop_ttl_ns(decision.until, time.time())
+            if ttl_ns <= 0:
+                return
             self.flows_map.update(rec.key, maps.encode_verdict(
-                State.DROP, expires_ns=time.monotonic_ns() + DROP_TTL_NS))
+                State.DROP, expires_ns=time.monotonic_ns() + ttl_ns))
             rec.state = State.DROP
             log.debug("early drop %s: %s", t, decision.reason)
 
@@ -255,26 +265,35 @@ class Daemon:
                 self._admit(rec, attempt=rec.attempts)
 
     def _load_policy(self) -> Policy | None:
-        """fw4's verdicts for early drop, or None (early drop off or no model to read)."""
+        """fw4's verdicts for early drop, or None (early drop off, or no model to trust)."""
         if not self.settings.early_drop:
+            self.fw4.off()
             return None
-        try:
-            if self.paths.fw4_model is not None:
-                model = fw4.load_model(self.paths.fw4_model)
-            elif os.path.exists(fw4.HOOK_CMD[1]):
-                model = fw4.model_from_hook()
-            else:
-                log.info("early drop off: no fw4 model (%s is missing)", fw4.HOOK_CMD[1])
-                return None
-        except (OSError, ValueError) as e:
-            log.warning("early drop off: %s", e)
-            return None
+        return self.fw4.refresh()
+
+    def _read_model(self) -> fw4.Model:
         includes = user_includes(NFT_INCLUDE_DIR)
         if includes:
-            log.warning("early drop off: rules in %s may accept what fw4's model drops",
-                        ", ".join(includes))
-            return None
-        return Policy(model, self.resolver.is_local, self.resolver.out_device)
+            raise fw4.ModelError(f"rules in {', '.join(includes)} may accept what fw4's model "
+                                 "drops")
+        if self.paths.fw4_model is not None:
+            return fw4.load_model(self.paths.fw4_model)
+        if os.path.exists(fw4.HOOK_CMD[1]):
+            return fw4.model_from_hook()
+        raise fw4.ModelError(f"no fw4 model ({fw4.HOOK_CMD[1]} is missing)")
+
+    def _make_policy(self, model: fw4.Model, facts: Facts) -> Policy:
+        return Policy(model, self.resolver.is_local, self.resolver.out_device, facts)
+
+    def _fw4_tick(self) -> None:
+        """A model retry, or facts that moved (sets, marks): verdicts of the old policy go."""
+        if not self.settings.early_drop:
+            self.fw4.off()
+            return
+        if self.fw4.tick():
+            self.policy = self.fw4.policy
+            for rec in self.book.in_state(State.DROP):
+                self._evict(rec.key, "fw4 model or facts changed")
 
     # -- admission ------------------------------------------------------------------------------
 
@@ -334,6 +353,7 @@ class Daemon:
     def _forward(self, rec: FlowRecord, egress: maps.Tuple, mark: int) -> NextHop | None:
         """Writes (or rewrites) the FORWARD entry of one direction, leaving as egress."""
         ingress = rec.info.tuple
+        unchanged_egress = rec.egress == egress
         rec.egress, rec.mark = egress, mark    # all a later re-resolve needs
         try:
             iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
@@ -348,6 +368,9 @@ class Daemon:
         if tc_only is None:
             self._write_verdict(rec, State.PASS, "egress needs the tc hook, ingress has none")
             return None
+        if rec.state == State.FORWARD and unchanged_egress and rec.nexthop == nh \
+                and rec.tc_only == tc_only:
+            return nh   # re-resolved after an event that changed nothing this flow uses
         value = maps.encode_forward(ingress, egress, nh.oif, nh.mtu,
                                     maps.L2Out(nh.dmac, nh.smac, nh.vlans, nh.vlan_tpid),
                                     tc_only=tc_only, last_seen_ns=time.monotonic_ns())
@@ -481,6 +504,7 @@ class Daemon:
             return
         self.resolver.invalidate()
         self._shaped_cache.clear()
+        self.fw4.poke()     # netifd brings devices and addresses: a refused model may do now
         changed = Changes()
         for ev in events:
             if ev.kind in ("route", "addr"):
@@ -545,6 +569,7 @@ class Daemon:
         for ct in idle:
             self.evict_connection(ct, "idle")
         self._refresh_conntrack(refresh - idle, start)
+        self._fw4_tick()
         self._heartbeat()
         self.last_sweep_s = time.monotonic() - start
         self._next_sweep = time.monotonic() + self.settings.sweep_interval
@@ -618,6 +643,14 @@ class Daemon:
 
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
+
+
+def drop_ttl_ns(until: float, now: float) -> int:
+    """How long an early-drop verdict may hold: DROP_TTL_NS, and never beyond the next boundary
+    of a time window the verdict depended on (`until`, wall clock)."""
+    if until == math.inf:
+        return DROP_TTL_NS
+    return max(0, min(DROP_TTL_NS, int((until - now) * 1e9)))
 
 
 def _reverse(t: maps.Tuple) -> maps.Tuple:

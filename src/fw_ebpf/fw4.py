@@ -8,15 +8,21 @@ the strings fw4 writes into nft), so policy.py can mirror the generated ruleset 
 
 Options the policy cannot evaluate are not dropped silently: every rule and redirect keeps the
 names of such options in `unparsed`, and a zone its `dflags`, so the policy can say "unknown".
+
+A model that cannot describe the router is refused here (ModelError naming the zone): fw4 prints
+one even when it could not reach ubus or netifd, with zones that match nothing (see
+`refuse_broken`). The hook's own additions (key `ebpfw`: what netifd reported, the networks and
+zones in UCI) make that check exact; a plain model file gets the conservative version.
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,7 +37,8 @@ _INERT = frozenset((
     "chain", "name", "_name", "enabled", "counter", "log", "log_limit", "utc_time", "src_ip",
     "dest_ip", "src_port", "dest_port", "icmp_type", "src_dport", "src_dip", "reflection",
     "reflection_src", "reflection_zone", "limit_burst", "set_mark", "set_xmark", "set_dscp",
-    "set_helper", "direction",
+    "set_helper", "direction", "ipset", "mark", "start_time", "stop_time", "start_date",
+    "stop_date", "weekdays",
 ))
 _PARSED = frozenset((
     "family", "proto", "has_addrs", "has_ports", "saddrs_pos", "saddrs_neg", "saddrs_masked",
@@ -109,6 +116,42 @@ class Zone:
     match_subnets: tuple[str, ...]
     dflags: frozenset[str]
     sflags: frozenset[str]
+    networks: tuple[str, ...] = ()     # UCI networks the zone names (not inverted)
+    log: int = 0
+    log_limit: bool = False            # zone-verdict.uc: logged verdicts go through a limit
+
+
+@dataclass(frozen=True)
+class TimeMatch:
+    """rule.uc's `meta hour`, `meta day` and `meta time` matches, as fw4 writes them.
+
+    Times of day are seconds after local midnight as written in UCI; nft turns them into UTC
+    when the ruleset is loaded (policy.py mirrors that). Dates are the local wall-clock moment
+    as seconds since the epoch read as if UTC. fw4 ignores `utc_time` and `monthdays` (the
+    latter "not supported by fw4"), so neither is here.
+    """
+    start: int | None = None
+    stop: int | None = None
+    start_date: int | None = None
+    stop_date: int | None = None
+    weekdays: frozenset[int] | None = None    # nft numbering: Sunday 0 ... Saturday 6
+    weekdays_invert: bool = False
+
+
+@dataclass(frozen=True)
+class MarkMatch:
+    """`meta mark and MASK == MARK` (mask 0xffffffff: `meta mark MARK`), `!=` when inverted."""
+    mark: int
+    mask: int
+    invert: bool
+
+
+@dataclass(frozen=True)
+class SetMatch:
+    """`FIELD . FIELD @name` (`!=` when inverted); fields as fw4 writes them (`ip saddr`...)."""
+    name: str
+    invert: bool
+    fields: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -130,6 +173,12 @@ class Match:
     dports_neg: tuple[PortRange, ...] = ()
     icmp_types: tuple[int, ...] = ()
     icmp_codes: tuple[tuple[int, int], ...] = ()
+    time: TimeMatch | None = None
+    mark: MarkMatch | None = None
+    ipset: SetMatch | None = None
+    logged: bool = False
+    log_limited: bool = False          # logged through a rate limit: rule.uc puts the verdict
+    # after `limit ... log`, so over the limit the rule does not match (also the chain zone's)
     unparsed: tuple[str, ...] = ()     # present options this model does not represent
 
 
@@ -177,7 +226,19 @@ class Defaults:
 class IPSet:
     name: str
     family: int
-    types: tuple[str, ...]
+    types: tuple[str, ...]                  # nft types: ipv4_addr, ipv6_addr, inet_service...
+    entries: tuple[tuple[str, ...], ...] = ()   # one tuple per element, as fw4 prints them
+    loadfile: str | None = None
+    timeout: bool = False                   # elements expire: contents change at run time
+    interval: bool = False                  # `net` entries (prefixes)
+
+
+@dataclass(frozen=True)
+class HookFacts:
+    """What the project's hook adds beside fw4's model (key `ebpfw`); absent in plain files."""
+    netifd: frozenset[str]        # networks netifd reported (fw4's state.networks)
+    uci_networks: frozenset[str]  # interface sections in /etc/config/network
+    uci_zones: int                # enabled zone sections in /etc/config/firewall
 
 
 @dataclass(frozen=True)
@@ -187,9 +248,13 @@ class Model:
     rules: dict[str, tuple[Rule, ...]]
     redirects: dict[str, tuple[Redirect, ...]]
     ipsets: tuple[IPSet, ...]
+    hook: HookFacts | None = None
 
     def zone(self, name: str) -> Zone | None:
         return next((z for z in self.zones if z.name == name), None)
+
+    def ipset(self, name: str) -> IPSet | None:
+        return next((s for s in self.ipsets if s.name == name), None)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -346,6 +411,89 @@ def _icmp_codes(ctx: _Ctx, value: Any) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+_DAYS = {"Sunday": 0, "Monday": 1, "Tuesday": 2, "Wednesday": 3, "Thursday": 4, "Friday": 5,
+         "Saturday": 6}
+
+
+def _int(ctx: _Ctx, obj: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = obj.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ctx.at(key).fail(f"expected an integer, got {value!r}")
+    return value
+
+
+def _time_of_day(ctx: _Ctx, value: Any) -> int | None:
+    """fw4.parse_time(): {hour, min, sec} -> seconds after midnight."""
+    if value is None:
+        return None
+    obj = _obj(ctx, value)
+    h, m, sec = (_int(ctx, obj, k, 0) for k in ("hour", "min", "sec"))
+    if not (0 <= h <= 23 and 0 <= m <= 59 and 0 <= sec <= 59):
+        raise ctx.fail(f"not a time of day: {h}:{m}:{sec}")
+    return h * 3600 + m * 60 + sec
+
+
+def _date(ctx: _Ctx, value: Any) -> int | None:
+    """fw4.parse_date(): {year, month, day, hour, min, sec} -> seconds, the wall clock as UTC."""
+    if value is None:
+        return None
+    obj = _obj(ctx, value)
+    try:
+        moment = datetime.datetime(_int(ctx, obj, "year"), _int(ctx, obj, "month", 1),
+                                   _int(ctx, obj, "day", 1), _int(ctx, obj, "hour", 0),
+                                   _int(ctx, obj, "min", 0), _int(ctx, obj, "sec", 0),
+                                   tzinfo=datetime.timezone.utc)
+    except ValueError as e:
+        raise ctx.fail(f"not a date: {e}") from None
+    return int(moment.timestamp())
+
+
+def _time_match(ctx: _Ctx, obj: dict[str, Any]) -> TimeMatch | None:
+    days = None
+    invert = False
+    if obj.get("weekdays") is not None:
+        w = _obj(ctx.at("weekdays"), obj["weekdays"])
+        names = _list(ctx.at("weekdays").at("days"), w.get("days"))
+        try:
+            days = frozenset(_DAYS[str(d)] for d in names)
+        except KeyError as e:
+            raise ctx.at("weekdays").fail(f"not a weekday: {e.args[0]!r}") from None
+        invert = bool(w.get("invert"))
+    t = TimeMatch(start=_time_of_day(ctx.at("start_time"), obj.get("start_time")),
+                  stop=_time_of_day(ctx.at("stop_time"), obj.get("stop_time")),
+                  start_date=_date(ctx.at("start_date"), obj.get("start_date")),
+                  stop_date=_date(ctx.at("stop_date"), obj.get("stop_date")),
+                  weekdays=days, weekdays_invert=invert)
+    return None if t == TimeMatch() else t
+
+
+def _mark_match(ctx: _Ctx, value: Any) -> MarkMatch | None:
+    if value is None:
+        return None
+    obj = _obj(ctx, value)
+    mark, mask = _int(ctx, obj, "mark"), _int(ctx, obj, "mask", 0xFFFFFFFF)
+    if not (0 <= mark <= 0xFFFFFFFF and 0 <= mask <= 0xFFFFFFFF):
+        raise ctx.fail(f"mark/mask out of range: {mark:#x}/{mask:#x}")
+    return MarkMatch(mark, mask, bool(obj.get("invert")))
+
+
+def _set_match(ctx: _Ctx, value: Any) -> SetMatch | None:
+    if value is None:
+        return None
+    obj = _obj(ctx, value)
+    fields = tuple(_str(ctx.at("fields").at(i), f)
+                   for i, f in enumerate(_list(ctx.at("fields"), obj.get("fields"))))
+    if not fields:
+        raise ctx.at("fields").fail("set match without fields")
+    return SetMatch(_str(ctx.at("name"), _req(ctx, obj, "name")), bool(obj.get("invert")),
+                    fields)
+
+
+def _zone_log_limit(value: Any) -> bool:
+    zone = value.get("zone") if isinstance(value, dict) else None
+    return isinstance(zone, dict) and _present(zone.get("log_limit"))
+
+
 def _present(value: Any) -> bool:
     return value is not None and value is not False and value != [] and value != {}
 
@@ -375,6 +523,13 @@ def _match(ctx: _Ctx, obj: dict[str, Any]) -> Match:
         dports_neg=_ports(ctx.at("dports_neg"), obj.get("dports_neg")),
         icmp_types=tuple(icmp_types),
         icmp_codes=_icmp_codes(ctx.at("icmp_codes"), obj.get("icmp_codes")),
+        time=_time_match(ctx, obj),
+        mark=_mark_match(ctx.at("mark"), obj.get("mark")),
+        ipset=_set_match(ctx.at("ipset"), obj.get("ipset")),
+        logged=_present(obj.get("log")),
+        log_limited=_present(obj.get("log")) and (
+            _present(obj.get("log_limit")) or _zone_log_limit(obj.get("src"))
+            or _zone_log_limit(obj.get("dest"))),
         unparsed=unparsed,
     )
 
@@ -433,6 +588,17 @@ def _zone_match(ctx: _Ctx, value: Any) -> ZoneMatch:
                                             obj.get("subnets_masked")))
 
 
+def _zone_networks(ctx: _Ctx, value: Any) -> tuple[str, ...]:
+    """The networks a zone names: UCI's `network` list (`val`) and those netifd assigned to
+    it (`device` only), inverted ones left out."""
+    out = []
+    for i, item in enumerate(_list(ctx, value)):
+        n = _obj(ctx.at(i), item)
+        if not n.get("invert"):
+            out.append(_str(ctx.at(i), n.get("val", n.get("device"))))
+    return tuple(out)
+
+
 def _flags(ctx: _Ctx, value: Any) -> frozenset[str]:
     return frozenset(k for k, v in _obj(ctx, value or {}).items() if v)
 
@@ -455,7 +621,10 @@ def _zone(ctx: _Ctx, value: Any) -> Zone:
                                                   _req(ctx, obj, "match_rules")))),
                 match_devices=strs("match_devices"), match_subnets=strs("match_subnets"),
                 dflags=_flags(ctx.at("dflags"), obj.get("dflags")),
-                sflags=_flags(ctx.at("sflags"), obj.get("sflags")))
+                sflags=_flags(ctx.at("sflags"), obj.get("sflags")),
+                networks=_zone_networks(ctx.at("network"), obj.get("network")),
+                log=obj.get("log") if isinstance(obj.get("log"), int) else 0,
+                log_limit=_present(obj.get("log_limit")))
 
 
 def _defaults(ctx: _Ctx, value: Any) -> Defaults:
@@ -471,8 +640,31 @@ def _defaults(ctx: _Ctx, value: Any) -> Defaults:
 def _ipset(ctx: _Ctx, value: Any) -> IPSet:
     obj = _obj(ctx, value)
     types = tuple(str(t) for t in _list(ctx.at("types"), obj.get("types")))
+    entries = []
+    for i, e in enumerate(_list(ctx.at("entries"), obj.get("entries"))):
+        c = ctx.at("entries").at(i)
+        entry = tuple(str(v) for v in _list(c, e))
+        if len(entry) != len(types):
+            raise c.fail(f"{len(entry)} values for {len(types)} types")
+        entries.append(entry)
+    flags = [str(f) for f in _list(ctx.at("flags"), obj.get("flags"))]
+    timeout = obj.get("timeout")
     return IPSet(_str(ctx.at("name"), _req(ctx, obj, "name")),
-                 _family(ctx.at("family"), obj.get("family")), types)
+                 _family(ctx.at("family"), obj.get("family")), types, tuple(entries),
+                 _opt_str(ctx.at("loadfile"), obj.get("loadfile")),
+                 timeout="timeout" in flags or (isinstance(timeout, int) and timeout >= 0),
+                 interval=bool(obj.get("interval")) or "interval" in flags)
+
+
+def _hook_facts(ctx: _Ctx, value: Any) -> HookFacts | None:
+    if value is None:
+        return None
+    obj = _obj(ctx, value)
+
+    def names(key: str) -> frozenset[str]:
+        return frozenset(_str(ctx.at(key).at(i), v)
+                         for i, v in enumerate(_list(ctx.at(key), _req(ctx, obj, key))))
+    return HookFacts(names("netifd"), names("uci_networks"), _int(ctx, obj, "uci_zones"))
 
 
 def _per_chain(ctx: _Ctx, value: Any, parse: Any) -> dict[str, tuple[Any, ...]]:
@@ -489,13 +681,54 @@ def parse_model(obj: dict[str, Any], source: str = "fw4 model") -> Model:
     obj = _obj(top, obj)
     for key in ("defaults", "zones", "rules", "redirects", "ipsets"):
         _req(top, obj, key)
-    return Model(defaults=_defaults(top.at("defaults"), obj["defaults"]),
-                 zones=tuple(_zone(top.at("zones").at(i), z)
-                             for i, z in enumerate(_list(top.at("zones"), obj["zones"]))),
-                 rules=_per_chain(top.at("rules"), obj["rules"], _rule),
-                 redirects=_per_chain(top.at("redirects"), obj["redirects"], _redirect),
-                 ipsets=tuple(_ipset(top.at("ipsets").at(i), s)
-                              for i, s in enumerate(_list(top.at("ipsets"), obj["ipsets"]))))
+    model = Model(defaults=_defaults(top.at("defaults"), obj["defaults"]),
+                  zones=tuple(_zone(top.at("zones").at(i), z)
+                              for i, z in enumerate(_list(top.at("zones"), obj["zones"]))),
+                  rules=_per_chain(top.at("rules"), obj["rules"], _rule),
+                  redirects=_per_chain(top.at("redirects"), obj["redirects"], _redirect),
+                  ipsets=tuple(_ipset(top.at("ipsets").at(i), s)
+                               for i, s in enumerate(_list(top.at("ipsets"), obj["ipsets"]))),
+                  hook=_hook_facts(top.at("ebpfw"), obj.get("ebpfw")))
+    refuse_broken(model, source)
+    return model
+
+
+def refuse_broken(model: Model, source: str) -> None:
+    """ModelError when the model cannot be the router's firewall: fw4 ran without ubus or
+    before netifd answered (zones that resolve to nothing), or read no configuration."""
+    hook = model.hook
+    if not model.zones:
+        had = f" (UCI has {hook.uci_zones})" if hook is not None else ""
+        if hook is None or hook.uci_zones:
+            raise ModelError(f"{source}: fw4's model has no zones{had}: refusing an empty model")
+    for z in model.zones:
+        if hook is not None:
+            # exact: a network UCI declares that netifd did not report
+            missing = [n for n in z.networks if n in hook.uci_networks and n not in hook.netifd]
+            if missing:
+                raise ModelError(f"{source}: zone '{z.name}': netifd reported no network "
+                                 f"{', '.join(repr(n) for n in missing)} (ubus or netifd not "
+                                 f"answering)")
+        elif z.networks and not (z.match_rules or z.match_devices or z.match_subnets):
+            raise ModelError(f"{source}: zone '{z.name}': networks "
+                             f"{', '.join(repr(n) for n in z.networks)} resolve to no device "
+                             f"and no subnet (ubus or netifd not answering?)")
+
+
+def missing_devices(model: Model, exists: Callable[[str], bool]) -> str | None:
+    """The model's device lists name nothing on this router (fw4 fell back to network names,
+    or read another router's state): an error message, or None.
+
+    One zone's devices missing is normal (a guest bridge not created, a VPN down) and harmless:
+    the kernel's rules name the same absent devices (checked against the kernel separately).
+    """
+    per_zone = {z.name: sorted({d for m in z.match_rules for d in m.devices_pos})
+                for z in model.zones}
+    named = {d for devices in per_zone.values() for d in devices}
+    if not named or any(d.endswith("*") or exists(d) for d in named):
+        return None
+    listing = "; ".join(f"zone '{z}': {', '.join(d)}" for z, d in per_zone.items() if d)
+    return f"no device the zones name exists on this router ({listing})"
 
 
 def _decode(text: str, source: str) -> dict[str, Any]:
@@ -528,4 +761,22 @@ def model_from_hook(cmd: Sequence[str] = HOOK_CMD, timeout: float = 30) -> Model
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise ModelError(f"{source}: exit status {res.returncode}: {last}")
+    trouble = hook_trouble(res.stderr)
+    if trouble:
+        raise ModelError(f"{source}: fw4 said: {trouble}")
     return parse_model(_decode(res.stdout, source), source)
+
+
+def hook_trouble(stderr: str) -> str | None:
+    """The first line fw4 wrote to stderr that is not a configuration warning, or None.
+
+    fw4 prefixes warnings about its configuration with `[!] ` (they change nothing the model
+    says: fw4 builds the ruleset from the same state); everything else it writes there is a
+    failure that leaves the model incomplete: `Unable to connect to ubus`, an unreadable set
+    file, unparsable nft output.
+    """
+    for line in stderr.splitlines():
+        text = line.strip()
+        if text and not text.startswith(("[!] ", "\x1b[33m[!] ")):
+            return text
+    return None

@@ -702,6 +702,55 @@ def open_pinned_link(path: str) -> Link:
     return Link(_obj_get(path, "link"))
 
 
+# ---- everyone's links (what else is attached) -------------------------------------------------
+
+BPF_LINK_TYPE_TCX, BPF_LINK_TYPE_NETKIT = 11, 13
+_proto("bpf_link_get_next_id", _I, _U32, ctypes.POINTER(_U32))
+_proto("bpf_link_get_fd_by_id", _I, _U32)
+_proto("bpf_prog_get_fd_by_id", _I, _U32)
+
+
+class _ProgInfoName(ctypes.Structure):
+    # struct bpf_prog_info up to its name
+    _fields_ = [("type", _U32), ("id", _U32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", _U32), ("xlated_prog_len", _U32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", _U32),
+                ("nr_map_ids", _U32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
+
+
+def all_links() -> list[tuple[LinkInfo, str]]:
+    """Every BPF link on the system with its program's name (needs CAP_SYS_ADMIN); links
+    that go away while listed are skipped."""
+    out = []
+    link_id = _U32(0)
+    while _lib.bpf_link_get_next_id(link_id, ctypes.byref(link_id)) == 0:
+        fd = int(_lib.bpf_link_get_fd_by_id(link_id))
+        if fd < 0:
+            continue
+        with Link(fd) as link:
+            try:
+                info = link.info()
+            except BpfError:
+                continue
+        out.append((info, _prog_name(info.prog_id)))
+    return out
+
+
+def _prog_name(prog: int) -> str:
+    fd = int(_lib.bpf_prog_get_fd_by_id(prog))
+    if fd < 0:
+        return ""
+    try:
+        info = _ProgInfoName()
+        _info(fd, info, f"reading program {prog}")
+        return info.name.decode(errors="replace")
+    except BpfError:
+        return ""
+    finally:
+        os.close(fd)
+
+
 class _LinkCreateOpts(ctypes.Structure):
     _fields_ = [("sz", _SZ), ("flags", _U32)]  # later fields: zero for XDP
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fw_ebpf import libbpf, rtnl
+from fw_ebpf.config import PIN_DIR
 from fw_ebpf.libbpf import BpfError, BpfMap, BpfObject, Link
 
 log = logging.getLogger("fw_ebpf.loader")
 
 BPFFS = "/sys/fs/bpf"
-DEFAULT_PIN_DIR = f"{BPFFS}/ebpfw"
 ROUTER_OBJ_DIR = "/lib/bpf"
 DEV_OBJ_DIR = str(Path(__file__).resolve().parents[2] / "build")  # repo checkout
 
@@ -78,6 +78,18 @@ def _bpffs_mounted(path: str = BPFFS) -> bool:
         return any(line.split()[1:3] == [path, "bpf"] for line in f)
 
 
+def _fs_type(path: str) -> str:
+    """The type of the filesystem path is on (the longest mount point that contains it)."""
+    real, best, kind = os.path.realpath(path), "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            mnt, fstype = line.split()[1:3]
+            mnt = mnt.replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, kind = mnt, fstype
+    return kind
+
+
 def _mount_bpffs(path: str = BPFFS) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.mount(b"bpf", path.encode(), b"bpf", ctypes.c_ulong(0), b"mode=0700") != 0:
@@ -96,7 +108,7 @@ class _Attachment:
 
 class Loader:
     def __init__(self, obj_path: str | None = None, *, obj_dir: str | None = None,
-                 pin_dir: str = DEFAULT_PIN_DIR, flows_max: int | None = None,
+                 pin_dir: str = PIN_DIR, flows_max: int | None = None,
                  config: bytes | None = None) -> None:
         self.obj_path = obj_path or os.path.join(obj_dir or default_object_dir(), object_name())
         self.pin_dir = pin_dir
@@ -122,7 +134,14 @@ class Loader:
         if os.path.commonpath([os.path.abspath(self.pin_dir), BPFFS]) == BPFFS \
                 and not _bpffs_mounted():
             _mount_bpffs()
-        os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
+        try:
+            os.makedirs(self.pin_dir, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise BpfError(e.errno or errno.EIO, f"{self.pin_dir}: cannot create the pin "
+                                                 f"directory: {e.strerror}") from None
+        if _fs_type(self.pin_dir) != "bpf":
+            raise BpfError(errno.EINVAL, f"{self.pin_dir}: pin directory is not on a bpf "
+                                         "filesystem (mount -t bpf bpf <dir>)")
         obj = BpfObject(self.obj_path)
         try:
             if self.config is not None:

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Sequence
 
-from .fw4 import (AddrRange, AddrSpec, IPAddress, MaskedAddr, Match, Model, PortRange, Redirect, Rule,
-                  Zone, ZoneMatch)
+from .fw4 import (AddrRange, AddrSpec, IPAddress, MaskedAddr, Match, Model, PortRange, Redirect,
+                  Rule, SetMatch, Zone, ZoneMatch)
+from .fw4sets import SetContents
+from .fw4time import nft_hour_values, window_state
 
 
 class Verdict(enum.Enum):
@@ -33,6 +36,25 @@ class Verdict(enum.Enum):
 class Decision:
     verdict: Verdict
     reason: str
+    until: float = math.inf     # wall-clock time when a time window the answer used may change
+
+
+@dataclass(frozen=True)
+class TimeView:
+    """The router's clock as fw4's nft rules see it."""
+    now: Callable[[], float]            # wall clock, seconds since the epoch
+    nft_gmtoff: int                     # local UTC offset (s east) when nft loaded the ruleset
+    kernel_west: int = 0                # sys_tz.tz_minuteswest: the zone `meta day` counts in
+    kernel_hours: frozenset[int] | None = None   # `meta hour` values in fw4's table, if read
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the policy knows beyond fw4's model; the default knows nothing."""
+    time: TimeView | None = None
+    mark_setter: str | None = "packet marks on the router are not known"   # None: no setter
+    # static sets: name -> contents, or why the set is not static
+    sets: Mapping[str, SetContents | str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,7 @@ _UNPARSED_WHAT = {
     "mark": "a mark match", "dscp": "a dscp match", "smacs_pos": "a MAC match",
     "smacs_neg": "a MAC match", "src_mac": "a MAC match", "iifnames": "a device match",
     "oifnames": "a device match", "device": "a device match", "extra": "extra nft options",
+    "log_limit": "a log rate limit",
 }
 
 
@@ -83,7 +106,16 @@ class _Pkt:
     icmp_type: int | None
     iif: str
     oif: str | None
+    moment: _Moment
     dnat: str | None = None          # name of the redirect that rewrote the destination
+
+
+class _Moment:
+    """The instant one decision is made at, and the earliest time a window it used changes."""
+
+    def __init__(self, now: float | None) -> None:
+        self.now = now
+        self.until = math.inf
 
 
 @dataclass(frozen=True)
@@ -199,11 +231,16 @@ def _l4_numbers(family: int, proto_name: str) -> set[int] | None:
     return None if n is None else {n}
 
 
-def _rule_match(m: Match, where: str, nat_rule: bool) -> Matcher:
-    """rule.uc / redirect.uc: the match part of one generated nft rule."""
+def _rule_match(m: Match, where: str, nat_rule: bool, facts: Facts,
+                limited_zone: bool = False) -> Matcher:
+    """rule.uc / redirect.uc: the match part of one generated nft rule. limited_zone: the
+    chain's zone logs through a rate limit (rule.uc then puts the verdict after it)."""
     unparsed = tuple(m.unparsed)
     if m.proto.invert:
         unparsed += ("proto",)   # fw4 ignores a negated protocol when it emits the rule
+    if m.log_limited or (limited_zone and m.logged):
+        unparsed += ("log_limit",)
+    extra = _extra_matchers(m, facts)
 
     def match(p: _Pkt) -> tuple[_T, str]:
         if m.family and m.family != p.family:
@@ -251,9 +288,82 @@ def _rule_match(m: Match, where: str, nat_rule: bool) -> Matcher:
                 maybe.append("an ICMP code match (the query has no code)")
         for opt in unparsed:
             maybe.append(_UNPARSED_WHAT.get(opt, f"option {opt!r}"))
+        for extra_match in extra:
+            t, why = extra_match(p)
+            if t is _T.NO:
+                return _T.NO, ""
+            if t is _T.MAYBE:
+                maybe.append(why)
         if maybe:
             return _T.MAYBE, f"{where} has {', '.join(dict.fromkeys(maybe))} (not modelled)"
         return _T.YES, ""
+    return match
+
+
+def _extra_matchers(m: Match, facts: Facts) -> list[Matcher]:
+    """Time window, mark and set matches: decided from the facts, else "maybe"."""
+    out: list[Matcher] = []
+    if m.time is not None:
+        tm = m.time
+        tv = facts.time
+        why_not = None
+        if tv is None:
+            why_not = "a time window (the clock is not known)"
+        elif tv.kernel_hours is not None and not nft_hour_values(tm, tv.nft_gmtoff) <= \
+                tv.kernel_hours:
+            why_not = "a time window (the kernel's was converted with another UTC offset)"
+
+        def time_match(p: _Pkt) -> tuple[_T, str]:
+            if why_not is not None or tv is None or p.moment.now is None:
+                return _T.MAYBE, why_not or "a time window"
+            state = window_state(tm, p.moment.now, tv.nft_gmtoff, tv.kernel_west)
+            p.moment.until = min(p.moment.until, state.until)
+            if state.open is None:
+                return _T.MAYBE, "a date window within a day of its bound"
+            return (_T.YES if state.open else _T.NO), ""
+        out.append(time_match)
+    if m.mark is not None:
+        mk = m.mark
+        if facts.mark_setter is None:
+            # nothing sets a mark before fw4's filter hooks: every packet has mark 0 there
+            hit = ((0 & mk.mask) == mk.mark) != mk.invert
+            out.append(lambda p, hit=hit: ((_T.YES if hit else _T.NO), ""))
+        else:
+            why = f"a mark match ({facts.mark_setter})"
+            out.append(lambda p, why=why: (_T.MAYBE, why))
+    if m.ipset is not None:
+        out.append(_set_matcher(m.ipset, facts.sets.get(m.ipset.name)))
+    return out
+
+
+def _field_value(name: str, p: _Pkt) -> tuple[object, bool]:
+    """(value, applies): the packet's value for one of fw4's set match fields; applies False
+    when the field's protocol dependency does not hold (the rule cannot match at all)."""
+    proto, _, what = name.partition(" ")
+    if proto in ("ip", "ip6"):
+        if p.family != (4 if proto == "ip" else 6):
+            return None, False
+        return (p.saddr if what == "saddr" else p.daddr), True
+    if proto in ("tcp", "udp"):
+        if p.l4proto != (6 if proto == "tcp" else 17):
+            return None, False
+        return (p.sport if what == "sport" else p.dport), True
+    return None, True    # ether saddr and anything else: not in the query
+
+
+def _set_matcher(sm: SetMatch, contents: SetContents | str | None) -> Matcher:
+    def match(p: _Pkt) -> tuple[_T, str]:
+        key = []
+        for f in sm.fields:
+            value, applies = _field_value(f, p)
+            if not applies:
+                return _T.NO, ""
+            key.append(value)
+        if not isinstance(contents, SetContents):
+            return _T.MAYBE, f"an ipset match ({contents or f'set {sm.name!r} not known'})"
+        if any(v is None for v in key):
+            return _T.MAYBE, f"an ipset match on {', '.join(sm.fields)} (not in the query)"
+        return (_T.YES if contents.contains(tuple(key)) != sm.invert else _T.NO), ""
     return match
 
 
@@ -274,9 +384,18 @@ _NFT_VERDICT = {"accept": Verdict.ACCEPT, "drop": Verdict.DROP, "reject": Verdic
 
 # -- the chains fw4 generates -----------------------------------------------------------------
 
-def _rule_line(rule: Rule) -> _Line:
+def _chain_zone(model: Model, chain: str) -> Zone | None:
+    """The zone whose chain this is (input_lan -> lan); rule.uc logs through its limit."""
+    kind, _, name = chain.partition("_")
+    return model.zone(name) if name and kind in ("input", "output", "forward", "dstnat",
+                                                 "srcnat") else None
+
+
+def _rule_line(rule: Rule, model: Model, facts: Facts) -> _Line:
     where = f"rule '{rule.name}' ({rule.chain})"
-    match = _rule_match(rule.match, where, nat_rule=False)
+    zone = _chain_zone(model, rule.chain)
+    match = _rule_match(rule.match, where, nat_rule=False, facts=facts,
+                        limited_zone=zone is not None and zone.log_limit)
     if rule.target in ("mark", "dscp", "notrack", "helper"):
         # these never end up in filter chains; if one did, its effect is not modelled
         def unknown(p: _Pkt, m: Matcher = match) -> tuple[_T, str]:
@@ -290,12 +409,20 @@ def _rule_line(rule: Rule) -> _Line:
     return _Line(match, label=where)   # counter only
 
 
-def _build(model: Model) -> dict[str, _Chain]:
+def _limited(match: Matcher, why: str) -> Matcher:
+    """A match that only holds under a rate limit: "maybe" wherever it would hold."""
+    def limited(p: _Pkt) -> tuple[_T, str]:
+        t, _ = match(p)
+        return (_T.NO, "") if t is _T.NO else (_T.MAYBE, why)
+    return limited
+
+
+def _build(model: Model, facts: Facts) -> dict[str, _Chain]:
     chains: dict[str, list[_Line]] = {}
     d = model.defaults
 
     def rules(chain: str) -> list[_Line]:
-        return [_rule_line(r) for r in model.rules.get(chain, ())]
+        return [_rule_line(r, model, facts) for r in model.rules.get(chain, ())]
 
     def zone_jumps(direction: str, zones: Sequence[Zone]) -> list[_Line]:
         return [_Line(_zone_match(zm, egress=False), jump=f"{direction}_{z.name}")
@@ -333,14 +460,19 @@ def _build(model: Model) -> dict[str, _Chain]:
                                  (True, f"{verdict}_to_{z.name}")):
                 lines = []
                 for zm in z.match_rules:
+                    match = _zone_match(zm, egress)
+                    if verdict != "accept" and z.log & 1 and z.log_limit:
+                        # zone-verdict.uc: the verdict follows `limit name ... log`
+                        match = _limited(match, f"zone {z.name} logs its {verdict} verdict "
+                                                f"through a rate limit")
                     if verdict == "reject":
-                        lines.append(_Line(_zone_match(zm, egress), jump="handle_reject"))
+                        lines.append(_Line(match, jump="handle_reject"))
                     else:
-                        lines.append(_Line(_zone_match(zm, egress),
-                                           verdict=_NFT_VERDICT[verdict]))
+                        lines.append(_Line(match, verdict=_NFT_VERDICT[verdict]))
                 chains[name] = lines
         chains[f"dstnat_{z.name}"] = [
-            _Line(_rule_match(r.match, f"redirect '{r.name}' ({r.chain})", nat_rule=True),
+            _Line(_rule_match(r.match, f"redirect '{r.name}' ({r.chain})", nat_rule=True,
+                              facts=facts, limited_zone=z.log_limit),
                   nat=r, label=f"redirect '{r.name}' ({r.chain})")
             for r in model.redirects.get(f"dstnat_{z.name}", ())]
     return {name: _Chain(tuple(lines)) for name, lines in chains.items()}
@@ -419,22 +551,31 @@ class Policy:
     """fw4's verdict for the first packet of a new flow (see the module doc)."""
 
     def __init__(self, model: Model, is_local: Callable[[IPAddress], bool],
-                 out_device: Callable[[IPAddress], str | None]) -> None:
+                 out_device: Callable[[IPAddress], str | None], facts: Facts = Facts()) -> None:
         self.model = model
         self.is_local = is_local
         self.out_device = out_device
-        self._walker = _Walker(_build(model))
+        self.facts = facts
+        self._walker = _Walker(_build(model, facts))
         # notrack rules (raw chains, not in the model) would skip conntrack and with it dstnat
         self._notrack = sorted(z.name for z in model.zones if "notrack" in z.dflags)
 
-    def decide(self, q: Query) -> Decision:
+    def decide(self, q: Query, now: float | None = None) -> Decision:
+        """The verdict for q; `now` (wall clock) overrides the facts' clock for time windows."""
+        if now is None and self.facts.time is not None:
+            now = self.facts.time.now()
+        moment = _Moment(now)
+        d = self._decide(q, moment)
+        return replace(d, until=moment.until) if d.verdict is not Verdict.UNKNOWN else d
+
+    def _decide(self, q: Query, moment: _Moment) -> Decision:
         if q.family not in (4, 6) or q.saddr.version != q.family or q.daddr.version != q.family:
             return Decision(Verdict.UNKNOWN, f"inconsistent address family in {q}")
         if self._notrack:
             return Decision(Verdict.UNKNOWN, f"zone {', '.join(self._notrack)} has notrack "
                                              f"rules (not in the model)")
         p = _Pkt(q.family, q.l4proto, q.saddr, q.daddr, q.sport, q.dport, q.icmp_type,
-                 q.in_device, None)
+                 q.in_device, None, moment)
         ends: list[_End] = []
         for nat in self._walker.run("dstnat", p, ()):
             if nat.verdict is Verdict.UNKNOWN:
