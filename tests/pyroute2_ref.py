@@ -22,7 +22,8 @@ from pyroute2.netlink.rtnl.tcmsg import tcmsg
 from fw_ebpf.conntrack import CtEntry, IPS_SEQ_ADJUST
 from fw_ebpf.maps import Tuple
 from fw_ebpf.nexthop import AF_BRIDGE, ETH_P_8021Q, Link, RtEvent, is_up
-from fw_ebpf.rtnl import Route
+from fw_ebpf import netlink as nl
+from fw_ebpf.rtnl import Route, Rule
 
 
 class ct_msg(nfct_msg):
@@ -171,6 +172,22 @@ def route_ref(message: bytes) -> Route:
     return Route(msg["family"], msg["type"], msg.get_attr("RTA_TABLE") or msg["table"],
                  msg.get_attr("RTA_OIF") or 0, ipaddress.ip_address(gw) if gw else None,
                  (metrics.get_attr("RTAX_MTU") or 0) if metrics is not None else 0)
+
+
+def bpf_name_ref(message: bytes) -> str:
+    """TCA_OPTIONS / TCA_BPF_NAME of a cls_bpf filter message."""
+    return _rt_decode(tcmsg, message).get_attr("TCA_OPTIONS").get_attr("TCA_BPF_NAME")
+
+
+def rules_ref(rt: Any, family: int) -> list[Rule]:
+    """The rules of one family from the same kind of dump, decoded by pyroute2."""
+    msgs = rt.request(34, bytes([family]) + bytes(11), "rule dump", "dump")   # RTM_GETRULE
+    out = []
+    for m in msgs:
+        msg = _rt_decode(fibmsg, nl.message(m.type, m.flags, m.seq, m.data))
+        out.append(Rule(msg["family"], msg.get_attr("FRA_PRIORITY") or 0,
+                        msg.get_attr("FRA_FWMARK") or 0, msg.get_attr("FRA_FWMASK") or 0))
+    return out
 
 
 def tc_kind_ref(message: bytes) -> tuple[int, int, int, str]:

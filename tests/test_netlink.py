@@ -32,7 +32,8 @@ from fw_ebpf.loader import TC_PARENT_EGRESS, TC_PARENT_INGRESS, Loader, object_n
 from fw_ebpf.nexthop import GROUPS, RtEvent, event_from_msg, link_from_msg
 from fw_ebpf.nftevents import NftEvents
 from netns import netns, run_in_netns, sh
-from pyroute2_ref import event_ref, link_ref, route_ref, tc_kind_ref, xdp_ids_ref
+from pyroute2_ref import (bpf_name_ref, event_ref, link_ref, route_ref, rules_ref,
+                          tc_kind_ref, xdp_ids_ref)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root to create network namespaces")
@@ -242,6 +243,8 @@ def _tc_and_xdp(obj: str, pin_dir: str, eth1: int, lan0: int) -> dict[str, Any]:
                                  rtnl.TCMSG.pack(0, eth1, 0, TC_PARENT_INGRESS, 0), "f",
                                  "dump")
                 out["filters_ref"] = [tc_kind_ref(whole(m)) for m in raw]
+                out["bpf_name_ref"] = [bpf_name_ref(whole(m)) for m in raw if
+                                       tc_kind_ref(whole(m))[1]]
                 out["xdp_ref"] = xdp_ids_ref(whole(rt.link(lan0)))
             out["xdp"] = rtnl.xdp_prog_ids(lan0)
             out["xdp_none"] = rtnl.xdp_prog_ids(eth1)
@@ -270,10 +273,30 @@ def test_qdiscs_tc_filters_and_xdp_ids_as_tc_ip_and_pyroute2_see_them(net: Net,
     ref = [r for r in out["filters_ref"] if r[1]]
     assert [(r[0], r[1], r[3]) for r in ref] == [(eth1, 0xEB, "bpf")]
     assert out["filters"][0].priority == 0xEB00 and out["filters"][0].protocol == 0x0003
+    name = nl.get_str(nl.attrs(out["filters"][0].options).get(7))     # TCA_BPF_NAME
+    assert [name] == out["bpf_name_ref"] and name.startswith("ebpfw_tc")
     assert len(out["tc_eth1"]) == 1 and out["tc_lan0"] == []
     assert out["xdp"] == out["xdp_ref"] == {"generic": out["ip"]["prog"]["id"]}
     assert out["xdp_none"] == {}
     assert any(f.get("options", {}).get("handle") == "0xeb" for f in out["tc"])
+
+
+def _rules() -> list[Any]:
+    with rtnl.Rtnl() as rt:
+        return [(rt.rules(f), rules_ref(rt, f)) for f in (socket.AF_INET, socket.AF_INET6)]
+
+
+@needs_root
+def test_rule_dump_decodes_as_pyroute2_and_ip_rule(net: Net) -> None:
+    net.r("rule", "add", "fwmark", "0x10/0xff", "table", "100", "pref", "1000")
+    net.r("-6", "rule", "add", "fwmark", "0x20", "table", "100", "pref", "1001")
+    (v4, v4_ref), (v6, v6_ref) = run_in_netns(net.router, _rules)
+    assert v4 == v4_ref and v6 == v6_ref
+    assert [(r.priority, r.fwmark, r.fwmask) for r in v4 if r.fwmark] == [(1000, 0x10, 0xff)]
+    assert [(r.priority, r.fwmark, r.fwmask) for r in v6 if r.fwmark] == \
+        [(1001, 0x20, 0xFFFFFFFF)]
+    shown = json.loads(net.r("-j", "rule", "show"))
+    assert sorted(r.priority for r in v4) == sorted(r["priority"] for r in shown)
 
 
 def _collect_events(changes: list[list[str]], want: Callable[[list[RtEvent]], bool]

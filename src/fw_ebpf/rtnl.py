@@ -24,7 +24,7 @@ RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTM_NEWRULE, RTM_DELRULE = 32, 33
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 RTM_NEWQDISC, RTM_GETQDISC = 36, 38
 RTM_NEWTFILTER, RTM_GETTFILTER = 44, 46
 
@@ -40,6 +40,8 @@ RTMSG = struct.Struct("=BBBBBBBBI")      # family, dst_len, src_len, tos, table,
 NDMSG = struct.Struct("=BxxxiHBB")       # family, ifindex, state, flags, type
 IFADDRMSG = struct.Struct("=BBBBI")      # family, prefixlen, flags, scope, index
 TCMSG = struct.Struct("=BxxxiIII")       # family, ifindex, handle, parent, info
+FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, res1,
+                                            # res2, action, flags
 
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_AF_SPEC, IFLA_EXT_MASK, IFLA_XDP = 16, 18, 26, 29, 43
@@ -55,7 +57,8 @@ RTN_UNICAST, RTN_LOCAL = 1, 2
 
 NDA_DST, NDA_LLADDR, NDA_VLAN, NDA_MASTER = 1, 2, 5, 9
 IFA_ADDRESS, IFA_LOCAL = 1, 2
-TCA_KIND = 1
+TCA_KIND, TCA_OPTIONS = 1, 2
+FRA_PRIORITY, FRA_FWMARK, FRA_FWMASK = 6, 10, 16
 
 
 def address(data: bytes | None) -> Address | None:
@@ -106,6 +109,16 @@ class TcFilter:
     priority: int
     protocol: int            # ETH_P_* in host order
     handle: int
+    options: bytes = b""     # TCA_OPTIONS: the classifier's own attributes (its actions)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A policy routing rule, as far as marks go."""
+    family: int
+    priority: int
+    fwmark: int
+    fwmask: int
 
 
 class Rtnl(nl.Socket):
@@ -203,8 +216,18 @@ class Rtnl(nl.Socket):
                               "filter dump", "dump"):
             _f, _index, handle, _parent, info = TCMSG.unpack_from(m.data)
             if handle:   # without a handle: the header the kernel sends for each priority
-                kind = nl.get_str(nl.attrs(m.data, TCMSG.size).get(TCA_KIND))
-                out.append(TcFilter(kind, info >> 16, socket.ntohs(info & 0xFFFF), handle))
+                a = nl.attrs(m.data, TCMSG.size)
+                out.append(TcFilter(nl.get_str(a.get(TCA_KIND)), info >> 16,
+                                    socket.ntohs(info & 0xFFFF), handle, a.get(TCA_OPTIONS, b"")))
+        return out
+
+    def rules(self, family: int) -> list[Rule]:
+        out = []
+        for m in self.request(RTM_GETRULE, FIB_RULE_HDR.pack(family, 0, 0, 0, 0, 0, 0, 0, 0),
+                              "rule dump", "dump"):
+            a = nl.attrs(m.data, FIB_RULE_HDR.size)
+            out.append(Rule(m.data[0], nl.get_u32(a.get(FRA_PRIORITY)),
+                            nl.get_u32(a.get(FRA_FWMARK)), nl.get_u32(a.get(FRA_FWMASK))))
         return out
 
 
