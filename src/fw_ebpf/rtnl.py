@@ -8,6 +8,7 @@ types (nexthop.py).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
@@ -253,13 +254,10 @@ def qdisc_kinds(ifindex: int) -> set[str]:
 
 
 def tc_filters(ifindex: int, parents: Iterable[int]) -> list[TcFilter]:
-    """Filters under these parents of a device; a parent that does not exist has none."""
+    """Filters under these parents of a device; a parent the kernel cannot list has none."""
     out: list[TcFilter] = []
     with Rtnl() as rt:
         for parent in parents:
-            try:
+            with contextlib.suppress(nl.NetlinkError):
                 out += rt.filters(ifindex, parent)
-            except nl.NetlinkError as e:
-                if e.errno not in (errno.EINVAL, errno.ENOENT, errno.ENODEV):
-                    raise
     return out
