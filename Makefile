@@ -11,7 +11,7 @@ STRIP   ?= llvm-strip
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
 
 APT_PKGS := clang llvm libbpf-dev bpftool linux-libc-dev gcc iproute2 nftables conntrack \
-            ethtool iperf3 shellcheck iputils-ping python3-venv python3-dev
+            ethtool iperf3 shellcheck iputils-ping python3-venv python3-dev iptables
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 BPF_SRC  := bpf/ebpfw.c

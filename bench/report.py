@@ -204,11 +204,15 @@ def render(res: Results) -> str:
     out += _drop(res.get("forwarding"))
     out += _control(res.get("control"))
     out += _throughput(res.get("throughput"))
+    out += _netlink(res.get("netlink"))
     return "\n".join(out) + "\n"
 
 
 def _reruns(meta: Results) -> str:
-    later = [f"{name} re-run with `{r['command']}` on {r['date']}"
+    later = [f"{name} re-run with `{r['command']}` on {r['date']}" + (
+                 f" ({r['cpus']} CPUs, {r['cpu_model']}, kernel {r['kernel']})"
+                 if "cpu_model" in r and (r["cpu_model"], r["kernel"]) !=
+                 (meta.get("cpu_model"), meta.get("kernel")) else "")
              for name, r in meta.get("runs", {}).items() if r["command"] != meta.get("command")]
     return f" ({'; '.join(later)})" if later else ""
 
@@ -356,6 +360,28 @@ def _throughput(t: Results | None) -> list[str]:
         out.append(f"| {mode} | {streams} | {_mmm(v['gbps'])} | {_mmm(v['x_kernel'])} | "
                    f"{_mmm(v['fast_path_packets'], digits=0)} |")
     return out + ["", _img("throughput.png"), ""]
+
+
+def _netlink(n: Results | None) -> list[str]:
+    if not n or "rss_mb" not in n:
+        return []
+    out = ["## Netlink layer", "",
+           "`bench/netlink_cost.py`: the daemon's own netlink codec (`fw_ebpf.netlink`, "
+           "`conntrack`, `rtnl`) against pyroute2, its previous one, in one run. RSS: a fresh "
+           "interpreter after the imports named.", "", "| imports | RSS MB |", "|---|---|"]
+    for what, s in n["rss_mb"].items():
+        out.append(f"| {what} | {_mmm(s, digits=1)} |")
+    out += ["", "| per message the kernel sent | ours (us) | pyroute2 (us) |", "|---|---|---|",
+            f"| conntrack UPDATE event | {_mmm(n['ct_event_decode_us_ours'], digits=1)} | "
+            f"{_mmm(n['ct_event_decode_us_pyroute2'], digits=0)} |",
+            f"| route get reply | {_mmm(n['route_decode_us_ours'], digits=1)} | "
+            f"{_mmm(n['route_decode_us_pyroute2'], digits=0)} |",
+            "", f"| conntrack lookups, {n['entries']:,} entries | per s |", "|---|---|",
+            f"| one request per tuple, pyroute2 codec | "
+            f"{_mmm(n['lookup_per_s_single_pyroute2'], digits=0)} |",
+            f"| one request per tuple (`lookup`) | {_mmm(n['lookup_per_s_single'], digits=0)} |",
+            f"| batched (`lookup_many`) | {_mmm(n['lookup_per_s_batched'], digits=0)} |", ""]
+    return out
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import control  # noqa: E402
 import forwarding  # noqa: E402
+import netlink_cost  # noqa: E402
 import perpacket  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
@@ -31,6 +32,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "forwarding": forwarding.run,
     "control": control.run,
     "throughput": throughput.run,
+    "netlink": netlink_cost.run,
 }
 
 
@@ -77,14 +79,14 @@ def main() -> int:
         meta = json.loads(meta_path.read_text()) if args.only and meta_path.exists() else {}
         command = "make bench" if not args.only else f"bench/run.py {' '.join(args.only)}"
         meta.setdefault("runs", {})
+        machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
+                   "cpu_model": _cpu_model()}
         for name in args.only or list(BENCHMARKS):
-            meta["runs"][name] = {"command": command,
+            meta["runs"][name] = {"command": command, **machine,
                                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        meta.update({"kernel": platform.release(), "cpus": os.cpu_count(),
-                     "cpu_model": _cpu_model()})
-        if not args.only:
+        if not args.only:   # a partial run keeps the full run's machine in the header
             meta.update({"command": command, "date": meta["runs"][BENCHMARKS_FIRST]["date"],
-                         "seconds": time.monotonic() - start})
+                         "seconds": time.monotonic() - start, **machine})
         meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     report.main()
     common.log(f"wrote {report.DOC.relative_to(common.ROOT)} and plots in "

@@ -34,6 +34,7 @@ from fw_ebpf.nexthop import (AF_BRIDGE, BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_
                              bridge_vlans_from_msg, event_from_msg, find_l3_input,
                              link_from_msg, walk_down)
 
+from fw_ebpf.netlink import Message, parse
 from netns import netns, run_in_netns, sh
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
@@ -466,15 +467,15 @@ def test_l3_input_on_vlan_filtering_bridge() -> None:
         find_l3_input(t, ETH0, (5, 0))              # VLAN 5 not admitted
 
 
-def _roundtrip(cls: Any, fields: dict[str, Any], attrs: list[Any], msg_type: int) -> Any:
+def _roundtrip(cls: Any, fields: dict[str, Any], attrs: list[Any], msg_type: int) -> Message:
+    """A message encoded by pyroute2, as our parser sees it."""
     msg = cls()
     for k, v in fields.items():
         msg[k] = v
     msg["attrs"] = attrs
     msg["header"]["type"] = msg_type
     msg.encode()
-    out = cls(msg.data)
-    out.decode()
+    (out,) = parse(bytes(msg.data))
     return out
 
 

@@ -118,7 +118,6 @@ def _setup_logging(level: str, use_syslog: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel({"NOTICE": "INFO"}.get(level.upper(), level.upper()))
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)   # its debug log is per message
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -127,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     except config.Disabled as e:
         print(f"ebpfw: {e}")
         return 0
-    from fw_ebpf.conntrack import ConntrackError   # pyroute2 and libbpf: only when it runs
+    from fw_ebpf.netlink import NetlinkError   # the daemon's imports: only when it runs
     from fw_ebpf.daemon import Daemon, Paths
 
     _setup_logging(settings.log_level, args.syslog)
@@ -140,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     except config.Disabled as e:
         logging.getLogger("fw_ebpf").info("stopped: %s", e)
         return 0
-    except ConntrackError as e:
+    except NetlinkError as e:
         raise RuntimeError(str(e)) from None
 
 

@@ -21,11 +21,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pyroute2 import IPRoute
-
 from fw_ebpf import api, config, fw4, maps, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
+from fw_ebpf import rtnl
 from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
@@ -411,9 +410,7 @@ class Daemon:
         cached = self._shaped_cache.get(ifindex)
         if cached is not None and now - cached[0] < 1.0:
             return cached[1]
-        with IPRoute() as ipr:
-            kinds = {q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=ifindex)}
-        shaped = bool(kinds & SHAPING_QDISCS)
+        shaped = bool(rtnl.qdisc_kinds(ifindex) & SHAPING_QDISCS)
         self._shaped_cache[ifindex] = (now, shaped)
         return shaped
 
@@ -715,12 +712,10 @@ def user_includes(directory: str) -> list[str]:
 def lowest_devices() -> list[str]:
     """Interfaces for 'auto' without fw4: up, not loopback, not a bridge or other upper device."""
     names = []
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            info = link.get_attr("IFLA_LINKINFO")
-            kind = info.get_attr("IFLA_INFO_KIND") if info else None
-            if name == "lo" or not link["flags"] & 1 or kind in ("bridge", "vlan", "ppp", "ifb"):
+    with rtnl.Rtnl() as rt:
+        for link in map(nhmod.link_from_msg, rt.links()):
+            if link.name == "lo" or not link.flags & 1 or \
+                    link.kind in ("bridge", "vlan", "ppp", "ifb"):
                 continue
-            names.append(name)
+            names.append(link.name)
     return names

@@ -2,8 +2,8 @@
 """What the kernel says about fw4's ruleset and about packet marks, for the policy's facts.
 
 nftables is read through libnftables (ctypes, JSON output: the library `nft` itself uses, in
-OpenWrt's nftables-json package), everything else through rtnetlink (pyroute2), libbpf and
-/proc:
+OpenWrt's nftables-json package), everything else through rtnetlink (fw_ebpf.rtnl), libbpf
+and /proc:
 - `fw4_table()`: fw4's zone jumps (to check a model against the ruleset the kernel runs),
   the `meta hour` values nft stored, a fingerprint that changes with any change of the table;
 - `set_elements()`: the elements of fw4's sets;
@@ -24,14 +24,14 @@ import hashlib
 import json
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pyroute2 import IPRoute
-
+from . import netlink as nl
+from . import nftevents, rtnl
 from .fw4sets import Element, SetError, kernel_elements
+from .nexthop import link_from_msg
 
 _JSON, _TERSE = 1 << 4, 1 << 11     # NFT_CTX_OUTPUT_* in libnftables.h
 # BPF classifiers that belong to ebpfw (loader.py's programs) and set no mark
@@ -234,52 +234,49 @@ def nft_mark_setters(nft: Nft) -> list[str]:
     return found
 
 
-def _nla_items(msg: Any) -> Iterator[tuple[str, Any]]:
-    """Every (name, value) attribute in a pyroute2 message, nested ones included."""
-    for name, value in (msg.get("attrs") or []) if hasattr(msg, "get") else []:
-        yield name, value
-        if hasattr(value, "get") and value.get("attrs") is not None:
-            yield from _nla_items(value)
-        elif isinstance(value, list):
-            for v in value:
-                if hasattr(v, "get") and v.get("attrs") is not None:
-                    yield from _nla_items(v)
+# The attribute holding a classifier's actions (linux/pkt_cls.h, TCA_<kind>_ACT)
+_ACTIONS_ATTR = {"bpf": 1, "cgroup": 1, "matchall": 2, "basic": 3, "flower": 3, "fw": 4,
+                 "route": 6, "u32": 7, "flow": 9}
+_TCA_BPF_NAME = 7
+_TCA_ACT_KIND, _TCA_ACT_OPTIONS = 1, 2
+_TCA_SKBEDIT_MARK = 5
 
 
-def tc_mark_setters(ipr: IPRoute) -> list[str]:
+def tc_mark_setters(rt: rtnl.Rtnl) -> list[str]:
     """tc filters and actions on ingress (and on ifb devices, where ingress is redirected)
     that can set a mark."""
     found = []
-    for link in ipr.get_links():
-        name = link.get_attr("IFLA_IFNAME")
-        info = link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+    for link in map(link_from_msg, rt.links()):
         parents = [_INGRESS_PARENT]
-        if kind == "ifb":
-            parents += [q["handle"] for q in ipr.get_qdiscs(index=link["index"])]
+        if link.kind == "ifb":
+            parents += [handle for handle, _parent, _kind in rt.qdiscs(link.index)]
         for parent in parents:
-            filters: list[Any] = []
-            with contextlib.suppress(Exception):
-                filters = list(ipr.get_filters(index=link["index"], parent=parent))
+            filters: list[rtnl.TcFilter] = []
+            with contextlib.suppress(nl.NetlinkError):
+                filters = rt.filters(link.index, parent)
             for f in filters:
                 why = _tc_filter_sets_mark(f)
-                if why and f"tc filter on {name}: {why}" not in found:
-                    found.append(f"tc filter on {name}: {why}")
+                if why and f"tc filter on {link.name}: {why}" not in found:
+                    found.append(f"tc filter on {link.name}: {why}")
     return found
 
 
-def _tc_filter_sets_mark(f: Any) -> str | None:
-    attrs = list(_nla_items(f))
-    names = {n for n, _ in attrs}
-    if f.get_attr("TCA_KIND") == "bpf":
-        prog = next((str(v) for n, v in attrs if n == "TCA_BPF_NAME"), "")
+def _tc_filter_sets_mark(f: rtnl.TcFilter) -> str | None:
+    options = nl.attrs(f.options)
+    if f.kind == "bpf":
+        prog = nl.get_str(options.get(_TCA_BPF_NAME))
         if not prog.startswith(OWN_BPF_PREFIX):
             return f"BPF program {prog or '(unnamed)'} may set the mark"
-    for n, v in attrs:
-        if n == "TCA_ACT_KIND" and str(v) not in _MARKLESS_ACTIONS:
-            if str(v) == "skbedit" and "TCA_SKBEDIT_MARK" not in names:
+    if f.kind not in _ACTIONS_ATTR:
+        return f"classifier {f.kind}, whose actions are not read here"
+    for _order, action in nl.attr_list(options.get(_ACTIONS_ATTR[f.kind], b"")):
+        a = nl.attrs(action)
+        kind = nl.get_str(a.get(_TCA_ACT_KIND))
+        if kind not in _MARKLESS_ACTIONS:
+            if kind == "skbedit" and \
+                    _TCA_SKBEDIT_MARK not in nl.attrs(a.get(_TCA_ACT_OPTIONS, b"")):
                 continue
-            return f"action {v}"
+            return f"action {kind}"
     return None
 
 
@@ -297,14 +294,10 @@ def tcx_mark_setters(ifindexes: set[int]) -> list[str]:
     return found
 
 
-def rule_fwmarks(ipr: IPRoute) -> list[str]:
-    found = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for r in ipr.get_rules(family=family):
-            if r.get_attr("FRA_FWMARK") or r.get_attr("FRA_FWMASK"):
-                found.append(f"ip rule {r.get_attr('FRA_PRIORITY')} matches fwmark "
-                             f"{r.get_attr('FRA_FWMARK') or 0:#x}")
-    return found
+def rule_fwmarks(rt: rtnl.Rtnl) -> list[str]:
+    return [f"ip rule {r.priority} matches fwmark {r.fwmark:#x}"
+            for family in (socket.AF_INET, socket.AF_INET6) for r in rt.rules(family)
+            if r.fwmark or r.fwmask]
 
 
 def legacy_iptables(proc: str = "/proc/net") -> list[str]:
@@ -321,10 +314,13 @@ def legacy_iptables(proc: str = "/proc/net") -> list[str]:
 
 def mark_setters(nft: Nft) -> list[str]:
     """Everything on this router (network namespace) that can set or routes by a mark."""
-    with IPRoute() as ipr:
-        ifindexes = {link["index"] for link in ipr.get_links()}
-        return nft_mark_setters(nft) + tc_mark_setters(ipr) + tcx_mark_setters(ifindexes) + \
-            rule_fwmarks(ipr) + legacy_iptables()
+    try:
+        with rtnl.Rtnl() as rt:
+            ifindexes = {rtnl.IFINFOMSG.unpack_from(m.data)[2] for m in rt.links()}
+            return nft_mark_setters(nft) + tc_mark_setters(rt) + \
+                tcx_mark_setters(ifindexes) + rule_fwmarks(rt) + legacy_iptables()
+    except nl.NetlinkError as e:
+        raise KernelError(str(e)) from None
 
 
 # -- clocks and generations -------------------------------------------------------------------
@@ -342,25 +338,9 @@ def kernel_minuteswest() -> int:
     return int(tz.tz_minuteswest)
 
 
-_NFNL_SUBSYS_NFTABLES, _NFT_MSG_GETGEN, _NFTA_GEN_ID = 10, 16, 1
-_NETLINK_NETFILTER, _NLM_F_REQUEST, _NLMSG_ERROR = 12, 1, 2
-
-
 def nft_generation() -> int:
     """nftables' generation id in this network namespace."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as s:
-        s.settimeout(2)
-        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)   # nfgenmsg
-        s.send(struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_NFTABLES << 8) |
-                           _NFT_MSG_GETGEN, _NLM_F_REQUEST, 1, 0) + body)
-        data = s.recv(8192)
-    length, kind = struct.unpack_from("=IH", data)
-    if kind == _NLMSG_ERROR:
-        raise OSError(-struct.unpack_from("=i", data, 16)[0], "NFT_MSG_GETGEN")
-    off = 16 + 4
-    while off + 4 <= length:
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if atype & 0x3FFF == _NFTA_GEN_ID:
-            return int(struct.unpack_from("!I", data, off + 4)[0])
-        off += (alen + 3) & ~3
-    raise OSError("NFT_MSG_GETGEN: no generation id in the answer")
+    try:
+        return nftevents.generation()
+    except nl.NetlinkError as e:
+        raise KernelError(str(e)) from None

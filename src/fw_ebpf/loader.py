@@ -20,10 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from fw_ebpf import libbpf
+from fw_ebpf import libbpf, rtnl
 from fw_ebpf.config import PIN_DIR
 from fw_ebpf.libbpf import BpfError, BpfMap, BpfObject, Link
 
@@ -64,31 +61,16 @@ def default_object_dir() -> str:
 
 def xdp_prog_ids(ifindex: int) -> dict[str, int]:
     """XDP programs on an interface as the kernel reports them: {"native"|"generic": prog id}."""
-    with IPRoute() as ipr:
-        links = ipr.get_links(ifindex)
-    xdp = links[0].get_attr("IFLA_XDP") if links else None
-    if xdp is None:
-        return {}
-    # the kernel always adds the per-mode ids (rtnl_xdp_report_one), whatever IFLA_XDP_ATTACHED
-    # says; pyroute2 versions decode that one differently, so it is not used
-    ids = {"native": xdp.get_attr("IFLA_XDP_DRV_PROG_ID"),
-           "generic": xdp.get_attr("IFLA_XDP_SKB_PROG_ID")}
-    return {k: v for k, v in ids.items() if v}
+    return rtnl.xdp_prog_ids(ifindex)
 
 
 def tc_filter_count(ifindex: int) -> int:
     """Filters (anyone's) on the clsact qdisc of an interface, both directions."""
-    count = 0
-    with IPRoute() as ipr:
-        for parent in (TC_PARENT_INGRESS, TC_PARENT_EGRESS):
-            with contextlib.suppress(NetlinkError):
-                count += len(list(ipr.get_filters(index=ifindex, parent=parent)))
-    return count
+    return len(rtnl.tc_filters(ifindex, (TC_PARENT_INGRESS, TC_PARENT_EGRESS)))
 
 
 def has_clsact(ifindex: int) -> bool:
-    with IPRoute() as ipr:
-        return any(q.get_attr("TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=ifindex))
+    return "clsact" in rtnl.qdisc_kinds(ifindex)
 
 
 def _bpffs_mounted(path: str = BPFFS) -> bool:

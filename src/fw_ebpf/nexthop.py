@@ -11,29 +11,24 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any, Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping
 
-from pyroute2 import IPRoute, IPRSocket
-from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import (RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWADDR, RTM_NEWLINK,
-                                    RTM_NEWNEIGH, RTM_NEWROUTE, RTM_NEWRULE)
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from fw_ebpf import netlink as nl
+from fw_ebpf import rtnl
+from fw_ebpf.rtnl import (AF_BRIDGE, IFADDRMSG, IFINFOMSG, NDMSG, RTEXT_FILTER_BRVLAN, RTMSG,
+                          RTN_LOCAL, RTN_UNICAST, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH,
+                          RTM_NEWROUTE, RTM_NEWRULE)
 
 log = logging.getLogger(__name__)
 
 Address = IPv4Address | IPv6Address
 WaitFor = Literal["neigh", "fdb", "route", "unsupported"]
 
-AF_BRIDGE = 7
 ARPHRD_ETHER = 1
 IFF_UP = 0x1
-RTN_LOCAL = 2
-RTN_UNICAST = 1
-RTEXT_FILTER_BRVLAN = 2
 BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 BR_STATE_FORWARDING = 3
@@ -65,7 +60,7 @@ class Unresolved(Exception):
         return (Unresolved, (self.wait_for, self.reason))
 
 
-class EventsLost(Exception):
+class EventsLost(nl.EventsLost):
     """The kernel dropped rtnetlink events (ENOBUFS): every cached decision must be revalidated."""
 
 
@@ -117,53 +112,54 @@ def is_up(flags: int, operstate: str | None) -> bool:
     return bool(flags & IFF_UP) and operstate in ("UP", "UNKNOWN")
 
 
-def mac_bytes(text: str | None) -> bytes:
-    return bytes.fromhex(text.replace(":", "")) if text else b""
-
-
 def mac_text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
-def _nested(msg: Any, *names: str) -> Any:
-    for name in names:
-        if msg is None:
-            return None
-        msg = msg.get_attr(name)
-    return msg
-
-
-def link_from_msg(msg: Any) -> Link:
-    """Parse a pyroute2 ifinfmsg (RTM_NEWLINK, family AF_UNSPEC)."""
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = (_nested(info, "IFLA_INFO_KIND") or "") if info is not None else ""
-    data = _nested(info, "IFLA_INFO_DATA")
-    slave = _nested(info, "IFLA_INFO_SLAVE_DATA")
-    extra: dict[str, Any] = {}
+def link_from_msg(m: nl.Message) -> Link:
+    """Parse an RTM_NEWLINK message (family AF_UNSPEC)."""
+    _family, arptype, index, flags, _change = IFINFOMSG.unpack_from(m.data)
+    a = nl.attrs(m.data, IFINFOMSG.size)
+    info = nl.attrs(a[rtnl.IFLA_LINKINFO]) if rtnl.IFLA_LINKINFO in a else {}
+    kind = nl.get_str(info.get(rtnl.IFLA_INFO_KIND))
+    data = nl.attrs(info[rtnl.IFLA_INFO_DATA]) if rtnl.IFLA_INFO_DATA in info else None
+    extra: dict[str, int | bool] = {}
     if kind == "vlan" and data is not None:
-        extra.update(parent=msg.get_attr("IFLA_LINK") or 0,
-                     vlan_id=data.get_attr("IFLA_VLAN_ID") or 0,
-                     vlan_proto=data.get_attr("IFLA_VLAN_PROTOCOL") or ETH_P_8021Q)
+        extra.update(parent=nl.get_u32(a.get(rtnl.IFLA_LINK)),
+                     vlan_id=nl.get_u16(data.get(1)),                     # IFLA_VLAN_ID
+                     vlan_proto=nl.get_be(data.get(5), ETH_P_8021Q))      # IFLA_VLAN_PROTOCOL
     if kind == "bridge" and data is not None:
-        extra.update(vlan_filtering=bool(data.get_attr("IFLA_BR_VLAN_FILTERING")),
-                     bridge_vlan_proto=data.get_attr("IFLA_BR_VLAN_PROTOCOL") or ETH_P_8021Q)
-    if slave is not None and _nested(info, "IFLA_INFO_SLAVE_KIND") == "bridge":
-        state = slave.get_attr("IFLA_BRPORT_STATE")
-        if state is not None:
-            extra["port_state"] = state
-    return Link(index=msg["index"], name=msg.get_attr("IFLA_IFNAME") or f"if{msg['index']}",
-                kind=kind, mac=mac_bytes(msg.get_attr("IFLA_ADDRESS")),
-                mtu=msg.get_attr("IFLA_MTU") or 0, flags=msg["flags"],
-                operstate=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN",
-                arptype=msg["ifi_type"], master=msg.get_attr("IFLA_MASTER") or 0, **extra)
+        extra.update(vlan_filtering=bool(nl.get_u8(data.get(7))),       # IFLA_BR_VLAN_FILTERING
+                     bridge_vlan_proto=nl.get_be(data.get(8), ETH_P_8021Q))  # _VLAN_PROTOCOL
+    slave = info.get(rtnl.IFLA_INFO_SLAVE_DATA)
+    if slave is not None and nl.get_str(info.get(rtnl.IFLA_INFO_SLAVE_KIND)) == "bridge":
+        state = nl.attrs(slave).get(1)                                   # IFLA_BRPORT_STATE
+        if state:
+            extra["port_state"] = state[0]
+    operstate = a.get(rtnl.IFLA_OPERSTATE)
+    return Link(index=index, name=nl.get_str(a.get(rtnl.IFLA_IFNAME)) or f"if{index}",
+                kind=kind, mac=a.get(rtnl.IFLA_ADDRESS, b""),
+                mtu=nl.get_u32(a.get(rtnl.IFLA_MTU)), flags=flags,
+                operstate=_operstate(operstate[0]) if operstate else "UNKNOWN",
+                arptype=arptype, master=nl.get_u32(a.get(rtnl.IFLA_MASTER)),
+                **extra)  # type: ignore[arg-type]
 
 
-def bridge_vlans_from_msg(msg: Any) -> dict[int, int]:
+def _operstate(value: int) -> str:
+    return rtnl.OPERSTATES[value] if value < len(rtnl.OPERSTATES) else "UNKNOWN"
+
+
+def bridge_vlans_from_msg(m: nl.Message) -> dict[int, int]:
     """VLAN membership from an AF_BRIDGE RTM_NEWLINK dumped with RTEXT_FILTER_BRVLAN."""
-    spec = msg.get_attr("IFLA_AF_SPEC")
+    spec = nl.attrs(m.data, IFINFOMSG.size).get(rtnl.IFLA_AF_SPEC)
     if spec is None:
         return {}
-    return {v["vid"]: v["flags"] for v in spec.get_attrs("IFLA_BRIDGE_VLAN_INFO")}
+    vlans = {}
+    for kind, value in nl.attr_list(spec):
+        if kind == 2 and len(value) >= 4:                                # IFLA_BRIDGE_VLAN_INFO
+            flags, vid = struct.unpack_from("=HH", value)
+            vlans[vid] = flags
+    return vlans
 
 
 # --------------------------------------------------------------------------- pure walks
@@ -286,35 +282,8 @@ def find_l3_input(links: Mapping[int, Link], ifindex: int,
 
 # --------------------------------------------------------------------------- kernel queries
 
-class _RouteGet(rtmsg):
-    """rtmsg with the attributes pyroute2's map stops short of: the L4 keys of `ip route get`."""
-    nla_map = rtmsg.nla_map + (
-        ("RTA_PAD", "hex"),
-        ("RTA_UID", "uint32"),
-        ("RTA_TTL_PROPAGATE", "uint8"),
-        ("RTA_IP_PROTO", "uint8"),
-        ("RTA_SPORT", "be16"),
-        ("RTA_DPORT", "be16"),
-    )
-
-
 def _family(addr: Address) -> int:
     return socket.AF_INET if addr.version == 4 else socket.AF_INET6
-
-
-def _route_mtu(msg: Any) -> int:
-    metrics = msg.get_attr("RTA_METRICS")
-    return (metrics.get_attr("RTAX_MTU") or 0) if metrics is not None else 0
-
-
-def _route_gateway(msg: Any) -> Address | None:
-    gw = msg.get_attr("RTA_GATEWAY")
-    if gw:
-        return ip_address(gw)
-    via = msg.get_attr("RTA_VIA")  # IPv4 route with an IPv6 next hop (RFC 5549)
-    if via and isinstance(via, dict) and via.get("addr"):
-        return ip_address(via["addr"])
-    return None
 
 
 class NextHopResolver:
@@ -324,9 +293,7 @@ class NextHopResolver:
     """
 
     def __init__(self) -> None:
-        self._ipr = IPRoute(groups=0)  # requests only: no event backlog on this socket
-        # pyroute2 0.9's sync nlm_request() reads this key but never sets it (KeyError).
-        self._ipr.status.setdefault("nlm_generator", False)
+        self._rt = rtnl.Rtnl()  # requests only: no event backlog on this socket
         self._links: dict[int, Link] | None = None
 
     def __enter__(self) -> NextHopResolver:
@@ -336,7 +303,7 @@ class NextHopResolver:
         self.close()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._rt.close()
 
     def invalidate(self) -> None:
         self._links = None
@@ -347,11 +314,11 @@ class NextHopResolver:
         return self._links
 
     def _load_links(self) -> dict[int, Link]:
-        links = {m["index"]: link_from_msg(m) for m in self._ipr.get_links()}
+        links = {lk.index: lk for lk in map(link_from_msg, self._rt.links())}
         # Only VLAN-aware bridges need the per-port VLAN table; most routers have none.
         if any(lk.kind == "bridge" and lk.vlan_filtering for lk in links.values()):
-            for m in self._ipr.link("dump", family=AF_BRIDGE, ext_mask=RTEXT_FILTER_BRVLAN):
-                lk = links.get(m["index"])
+            for m in self._rt.links(AF_BRIDGE, RTEXT_FILTER_BRVLAN):
+                lk = links.get(IFINFOMSG.unpack_from(m.data)[2])
                 if lk is not None:
                     links[lk.index] = replace(lk, bridge_vlans=bridge_vlans_from_msg(m))
         return links
@@ -379,118 +346,69 @@ class NextHopResolver:
             raise ValueError(f"{saddr} and {daddr} are of different IP versions")
         family = _family(daddr)
         l3_in = self.l3_input(iif)
-        route = self._route_get(family, daddr, saddr, l3_in, mark, l4proto, sport, dport)
-        l3_oif = route.get_attr("RTA_OIF") or 0
+        where = f"{saddr} -> {daddr} from {self._name(l3_in)}"
+        try:
+            route = self._rt.route_get(daddr, saddr, l3_in, mark, l4proto, sport, dport)
+        except nl.NetlinkError as e:
+            raise Unresolved("route", f"no route for {where}: {nl.strerror(e.errno)}") from None
+        if route.type != RTN_UNICAST:
+            kind = RTN_NAMES.get(route.type, str(route.type))
+            raise Unresolved("route", f"{where} is {kind}, not forwarded")
+        l3_oif = route.oif
         out = self._link(l3_oif)
         if not out.up:
             raise Unresolved("route", f"{out.name} (route to {daddr}) is down")
-        gateway = _route_gateway(route)
-        neigh = gateway or daddr
+        neigh = route.gateway or daddr
         dmac = self._neigh_mac(neigh, out)
         oif, vlans, tpid = walk_down(self.links(), l3_oif, dmac, self._fdb_port)
         low = self._link(oif)
         if not low.up:
             raise Unresolved("route", f"{low.name} (below {out.name}) is down")
-        mtus = [m for m in (_route_mtu(route), out.mtu) if m]
-        return NextHop(oif=oif, l3_oif=l3_oif, gateway=gateway, neigh=neigh, dmac=dmac,
+        mtus = [m for m in (route.mtu, out.mtu) if m]
+        return NextHop(oif=oif, l3_oif=l3_oif, gateway=route.gateway, neigh=neigh, dmac=dmac,
                        smac=out.mac, vlans=vlans, vlan_tpid=tpid, mtu=min(mtus, default=0),
                        family=family)
 
-    def _route_get(self, family: int, daddr: Address, saddr: Address, iif: int, mark: int,
-                   l4proto: int | None, sport: int | None, dport: int | None) -> Any:
-        msg = _RouteGet()
-        msg["family"] = family
-        msg["dst_len"] = msg["src_len"] = daddr.max_prefixlen
-        attrs: list[tuple[str, Any]] = [("RTA_DST", str(daddr)), ("RTA_SRC", str(saddr)),
-                                        ("RTA_IIF", iif)]
-        if mark:
-            attrs.append(("RTA_MARK", mark))
-        # Protocol and ports matter to multipath L4 hashing and to rules with ipproto/ports.
-        if l4proto is not None:
-            attrs.append(("RTA_IP_PROTO", l4proto))
-            if sport is not None:
-                attrs.append(("RTA_SPORT", sport))
-            if dport is not None:
-                attrs.append(("RTA_DPORT", dport))
-        msg["attrs"] = attrs
-        where = f"{saddr} -> {daddr} from {self._name(iif)}"
-        try:
-            reply = self._ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
-        except NetlinkError as e:
-            raise Unresolved("route", f"no route for {where}: {e.args[-1]}") from None
-        if not reply:
-            raise Unresolved("route", f"no route for {where}: empty reply")
-        route = reply[0]
-        if route["type"] != RTN_UNICAST:
-            kind = RTN_NAMES.get(route["type"], str(route["type"]))
-            raise Unresolved("route", f"{where} is {kind}, not forwarded")
-        return route
-
-    def _lookup(self, daddr: Address) -> Any | None:
+    def _lookup(self, daddr: Address) -> rtnl.Route | None:
         """The route the router itself would use to daddr (no input device), or None."""
-        msg = _RouteGet()
-        msg["family"] = _family(daddr)
-        msg["dst_len"] = daddr.max_prefixlen
-        msg["attrs"] = [("RTA_DST", str(daddr))]
         try:
-            reply = self._ipr.nlm_request(msg, RTM_GETROUTE, NLM_F_REQUEST)
-        except NetlinkError:
+            return self._rt.route_get(daddr)
+        except nl.NetlinkError:
             return None
-        return reply[0] if reply else None
 
     def is_local(self, addr: Address) -> bool:
         """The router owns addr: fw4's input chain decides packets to it."""
         route = self._lookup(addr)
-        return route is not None and route["type"] == RTN_LOCAL
+        return route is not None and route.type == RTN_LOCAL
 
     def out_device(self, addr: Address) -> str | None:
         """Name of the L3 device the route to addr leaves by (fw4's destination zone)."""
         route = self._lookup(addr)
-        if route is None or route["type"] != RTN_UNICAST:
+        if route is None or route.type != RTN_UNICAST:
             return None
-        link = self.links().get(route.get_attr("RTA_OIF") or 0)
+        link = self.links().get(route.oif)
         return link.name if link else None
 
     def _name(self, index: int) -> str:
         lk = self.links().get(index)
         return lk.name if lk else f"ifindex {index}"
 
-    def _neigh_get(self, family: int, ifindex: int, attrs: list[tuple[str, Any]]) -> Any:
-        """One RTM_GETNEIGH without NLM_F_ACK: IPRoute.neigh("get") asks for an ACK that
-        nothing reads, and each one stays queued in the socket object for good."""
-        msg = ndmsg()
-        msg["family"], msg["ifindex"], msg["attrs"] = family, ifindex, attrs
-        return self._ipr.nlm_request(msg, RTM_GETNEIGH, NLM_F_REQUEST)
-
     def pending_messages(self) -> int:
         """Replies received but never read: must stay 0 (a leak otherwise)."""
-        return sum(q.qsize() for q in self._ipr.asyncore.msg_queue.queues.values())
+        return self._rt.queued()
 
     def _neigh_mac(self, addr: Address, dev: Link) -> bytes:
-        try:
-            reply = self._neigh_get(_family(addr), dev.index, [("NDA_DST", str(addr))])
-        except NetlinkError as e:
-            if e.code != errno.ENOENT:
-                raise
-            raise Unresolved("neigh", f"no neighbour entry for {addr} on {dev.name}") from None
-        msg = reply[0]
-        mac = mac_bytes(msg.get_attr("NDA_LLADDR"))
-        if not msg["state"] & NUD_USABLE or len(mac) != 6:
+        n = self._rt.neigh_get(addr, dev.index)
+        if n is None:
+            raise Unresolved("neigh", f"no neighbour entry for {addr} on {dev.name}")
+        if not n.state & NUD_USABLE or len(n.lladdr) != 6:
             raise Unresolved("neigh", f"neighbour {addr} on {dev.name} is not resolved "
-                                      f"(state {msg['state']:#x})")
-        return mac
+                                      f"(state {n.state:#x})")
+        return n.lladdr
 
     def _fdb_port(self, bridge: int, mac: bytes, vid: int) -> int | None:
-        attrs: list[tuple[str, Any]] = [("NDA_LLADDR", mac_text(mac)), ("NDA_MASTER", bridge)]
-        if vid:
-            attrs.append(("NDA_VLAN", vid))
-        try:
-            reply = self._neigh_get(AF_BRIDGE, 0, attrs)
-        except NetlinkError as e:
-            if e.code != errno.ENOENT:
-                raise
-            return None
-        return reply[0]["ifindex"] if reply else None
+        n = self._rt.fdb_get(bridge, mac, vid)
+        return n.ifindex if n is not None else None
 
 
 # --------------------------------------------------------------------------- events
@@ -508,44 +426,41 @@ class RtEvent:
     up: bool | None = None           # link
 
 
-GROUPS = (0x1      # RTMGRP_LINK
-          | 0x4    # RTMGRP_NEIGH
-          | 0x10   # RTMGRP_IPV4_IFADDR
-          | 0x40   # RTMGRP_IPV4_ROUTE
-          | 0x80   # RTMGRP_IPV4_RULE: policy routing changes move flows like route changes
-          | 0x100  # RTMGRP_IPV6_IFADDR
-          | 0x400  # RTMGRP_IPV6_ROUTE
-          | 0x40000)  # RTMGRP_IPV6_RULE
+# Policy routing (rule) changes move flows like route changes.
+GROUPS = (rtnl.RTNLGRP_LINK, rtnl.RTNLGRP_NEIGH, rtnl.RTNLGRP_IPV4_IFADDR,
+          rtnl.RTNLGRP_IPV4_ROUTE, rtnl.RTNLGRP_IPV4_RULE, rtnl.RTNLGRP_IPV6_IFADDR,
+          rtnl.RTNLGRP_IPV6_ROUTE, rtnl.RTNLGRP_IPV6_RULE)
 
 
-def _addr(text: str | None) -> Address | None:
-    try:
-        return ip_address(text) if text else None
-    except ValueError:
-        return None
-
-
-def event_from_msg(msg: Any) -> RtEvent | None:
-    """RtEvent for one pyroute2 rtnetlink notification, None for what we do not follow."""
-    kind = _EVENT_KINDS.get(msg["header"]["type"])
+def event_from_msg(m: nl.Message) -> RtEvent | None:
+    """RtEvent for one rtnetlink notification, None for what we do not follow."""
+    kind = _EVENT_KINDS.get(m.type)
     if kind is None:
         return None
-    action: Literal["new", "del"] = "del" if msg["header"]["type"] & 1 else "new"
+    action: Literal["new", "del"] = "del" if m.type & 1 else "new"
+    data = m.data
     if kind == "link":
-        up = action == "new" and is_up(msg["flags"], msg.get_attr("IFLA_OPERSTATE"))
-        return RtEvent("link", action, msg["index"], up=up)
+        _f, _t, index, flags, _c = IFINFOMSG.unpack_from(data)
+        state = nl.attrs(data, IFINFOMSG.size).get(rtnl.IFLA_OPERSTATE)
+        up = action == "new" and is_up(flags, _operstate(state[0]) if state else None)
+        return RtEvent("link", action, index, up=up)
     if kind == "neigh":
-        lladdr = mac_bytes(msg.get_attr("NDA_LLADDR")) or None
-        if msg["family"] == AF_BRIDGE:
-            return RtEvent("fdb", action, msg["ifindex"], lladdr=lladdr)
-        return RtEvent("neigh", action, msg["ifindex"], _addr(msg.get_attr("NDA_DST")), lladdr)
+        family, index, _state, _flags, _type = NDMSG.unpack_from(data)
+        a = nl.attrs(data, NDMSG.size)
+        lladdr = a.get(rtnl.NDA_LLADDR) or None
+        if family == AF_BRIDGE:
+            return RtEvent("fdb", action, index, lladdr=lladdr)
+        return RtEvent("neigh", action, index, rtnl.address(a.get(rtnl.NDA_DST)), lladdr)
     if kind == "route":
-        return RtEvent("route", action, msg.get_attr("RTA_OIF") or 0,
-                       _addr(msg.get_attr("RTA_DST")))
+        a = nl.attrs(data, RTMSG.size)
+        return RtEvent("route", action, nl.get_u32(a.get(rtnl.RTA_OIF)),
+                       rtnl.address(a.get(rtnl.RTA_DST)))
     if kind == "rule":
         return RtEvent("route", action, 0)
-    addr = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    return RtEvent("addr", action, msg["index"], _addr(addr))
+    index = IFADDRMSG.unpack_from(data)[4]
+    a = nl.attrs(data, IFADDRMSG.size)
+    return RtEvent("addr", action, index,
+                   rtnl.address(a.get(rtnl.IFA_LOCAL) or a.get(rtnl.IFA_ADDRESS)))
 
 
 # RTM_NEW* is even, RTM_DEL* the odd number after it.
@@ -554,52 +469,31 @@ _EVENT_KINDS = {t: k for base, k in ((RTM_NEWLINK, "link"), (RTM_NEWADDR, "addr"
                                       (RTM_NEWRULE, "rule")) for t in (base, base + 1)}
 
 
-class RtEvents:
+class _EventSocket(nl.Socket):
+    Lost = EventsLost
+
+
+class RtEvents(nl.Owner):
     """Non-blocking rtnetlink subscription: links, neighbours + FDB, routes, rules, addresses."""
 
-    RECV_SIZE = 1 << 16
+    _sock: _EventSocket
 
     def __init__(self, rcvbuf: int = 4 << 20) -> None:
-        self._nl = IPRSocket(rcvbuf=rcvbuf)
-        try:
-            self._nl.bind(groups=GROUPS)
-            self._sock = self._nl.socket
-            self._sock.setblocking(False)
-        except BaseException:
-            self._nl.close()
-            raise
-
-    def __enter__(self) -> RtEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        self._nl.close()
+        self._sock = _EventSocket(nl.NETLINK_ROUTE, "rtnetlink events", GROUPS, rcvbuf,
+                                  blocking=False)
 
     def read(self) -> list[RtEvent]:
         """Everything queued now; never blocks. Raises EventsLost after a receive overrun."""
         events: list[RtEvent] = []
         while True:
             try:
-                data = self._sock.recv(self.RECV_SIZE, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
+                msgs = self._sock.recv()
+            except EventsLost:
+                raise EventsLost("rtnetlink events were dropped (receive buffer full); "
+                                 "revalidating everything", errno.ENOBUFS) from None
+            if msgs is None:
                 return events
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise EventsLost("rtnetlink events were dropped (receive buffer full); "
-                                     "revalidating everything") from None
-                raise
-            if not data:
-                return events
-            for msg in self._nl.marshal.parse(data):
-                if msg["header"].get("error") is not None:
-                    log.debug("rtnetlink: undecodable message: %s", msg["header"]["error"])
-                    continue
-                ev = event_from_msg(msg)
+            for m in msgs:
+                ev = event_from_msg(m)
                 if ev is not None:
                     events.append(ev)
