@@ -5,7 +5,9 @@ project's own libbpf binding, in namespaces the tests own."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ROOT / "tests" / "bpf"
 BUILD = ROOT / "build" / "tests"
 
+SIOCGIFHWADDR = 0x8927
 # after ebpfw's filter (0xEB00): the fast path sees the wire as it is
 WIRE_PRIORITY, WIRE_HANDLE = 0xF000, 0xF0
 
@@ -42,8 +45,10 @@ class _Wire(ctypes.Structure):
 
 
 def _mac(ifname: str) -> bytes:
-    with open(f"/sys/class/net/{ifname}/address") as f:
-        return bytes.fromhex(f.read().strip().replace(":", ""))
+    """The device's MAC in the caller's network namespace (sysfs would show the host's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, struct.pack("16s16x", ifname.encode()))
+    return ifreq[18:24]
 
 
 def _pppoe_end(obj_path: str, lower: str, upper: str, sid: int, peer_mac: bytes,
