@@ -618,6 +618,12 @@ class Daemon:
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
 
+    def heartbeat_age_ns(self) -> int:
+        """Age of the heartbeat the fast path checks; past heartbeat_timeout it fails open."""
+        raw = self.runtime_map.lookup(bytes(4))
+        beat = maps.Runtime.from_buffer_copy(raw).heartbeat_ns if raw else 0
+        return max(0, time.monotonic_ns() - beat)
+
 
 def _reverse(t: maps.Tuple) -> maps.Tuple:
     return maps.Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
