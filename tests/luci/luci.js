@@ -747,6 +747,12 @@ const AbstractElement = Class.extend({
 	append(obj) {
 		this.children.push(obj);
 	},
+	/* section() and option(): a child constructed with this element as its first argument */
+	child(ChildClass, args) {
+		const c = ChildClass.instantiate([ this ].concat(args));
+		this.append(c);
+		return c;
+	},
 	loadChildren(sid) {
 		return Promise.all(this.children.map(c => c.load(sid)));
 	},
@@ -763,9 +769,7 @@ const FormMap = AbstractElement.extend({
 		this.readonly = null;
 	},
 	section(SectionClass, ...args) {
-		const s = SectionClass.instantiate([ this ].concat(args));
-		this.append(s);
-		return s;
+		return this.child(SectionClass, args);
 	},
 	/* read-only unless the session may write the config (rpcd's session access) */
 	load() {
@@ -816,9 +820,7 @@ const AbstractSection = AbstractElement.extend({
 		this.anonymous = false;
 	},
 	option(OptionClass, ...args) {
-		const o = OptionClass.instantiate([ this ].concat(args));
-		this.append(o);
-		return o;
+		return this.child(OptionClass, args);
 	},
 	cfgsections() {
 		return this.map.data.sections(this.map.config, this.sectiontype).map(s => s['.name']);

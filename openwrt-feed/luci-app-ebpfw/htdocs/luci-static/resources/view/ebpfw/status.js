@@ -193,8 +193,7 @@ return view.extend({
 		});
 
 		return [
-			E('div', { 'class': 'cbi-section', 'id': 'ebpfw-service' }, [
-				E('h3', {}, [ _('Service') ]),
+			section('ebpfw-service', _('Service'), [
 				E('table', { 'class': 'table' }, [
 					row(_('State'), '-', 'ebpfw-state'),
 					row(_('Running for'), '-', 'ebpfw-uptime'),
@@ -215,12 +214,10 @@ return view.extend({
 					}, [ _('Resync') ])
 				])
 			]),
-			E('div', { 'class': 'cbi-section', 'id': 'ebpfw-interfaces' }, [
-				E('h3', {}, [ _('Interfaces') ]),
+			section('ebpfw-interfaces', _('Interfaces'), [
 				E('table', { 'class': 'table', 'id': 'ebpfw-interface-table' })
 			]),
-			E('div', { 'class': 'cbi-section', 'id': 'ebpfw-traffic' }, [
-				E('h3', {}, [ _('Traffic') ]),
+			section('ebpfw-traffic', _('Traffic'), [
 				E('table', { 'class': 'table' }, [
 					E('tr', { 'class': 'tr table-titles' }, [
 						E('th', { 'class': 'th' }, [ ' ' ]),
@@ -245,12 +242,10 @@ return view.extend({
 						Object.keys(STATES).map(k => E('td', { 'class': 'td', 'id': 'ebpfw-flows-' + k }, [ '-' ])))
 				])
 			]),
-			E('div', { 'class': 'cbi-section', 'id': 'ebpfw-reasons' }, [
-				E('h3', {}, [ _('Why packets went to the network stack') ]),
+			section('ebpfw-reasons', _('Why packets went to the network stack'), [
 				E('table', { 'class': 'table', 'id': 'ebpfw-reason-table' })
 			]),
-			E('div', { 'class': 'cbi-section', 'id': 'ebpfw-flows' }, [
-				E('h3', {}, [ _('Flows') ]),
+			section('ebpfw-flows', _('Flows'), [
 				E('div', { 'class': 'cbi-section-descr' }, [
 					_('Entries of the fast path\'s flow table, largest first. Each direction of a connection is one entry.')
 				]),
@@ -407,43 +402,23 @@ return view.extend({
 	},
 
 	updateInterfaces: function(hooks) {
-		const table = document.getElementById('ebpfw-interface-table');
-		const rows = hooks.map(h => E('tr', { 'class': 'tr', 'data-ifname': h.name }, [
-			E('td', { 'class': 'td' }, [ h.name ]),
-			E('td', { 'class': 'td', 'data-mode': h.mode }, [ MODES[h.mode] || h.mode ]),
-			E('td', { 'class': 'td' }, [ '%d'.format(h.flows || 0) ])
-		]));
-		if (!rows.length)
-			rows.push(E('tr', { 'class': 'tr placeholder' }, [
-				E('td', { 'class': 'td' }, [ E('em', {}, [ _('No interface attached') ]) ]) ]));
-		dom.content(table, [
-			E('tr', { 'class': 'tr table-titles' }, [
-				E('th', { 'class': 'th' }, [ _('Interface') ]),
-				E('th', { 'class': 'th' }, [ _('Hook') ]),
-				E('th', { 'class': 'th' }, [ _('Offloaded flows entering') ])
-			])
-		].concat(rows));
+		fillTable('ebpfw-interface-table', [ _('Interface'), _('Hook'), _('Offloaded flows entering') ],
+			hooks.map(h => E('tr', { 'class': 'tr', 'data-ifname': h.name }, [
+				E('td', { 'class': 'td' }, [ h.name ]),
+				E('td', { 'class': 'td', 'data-mode': h.mode }, [ MODES[h.mode] || h.mode ]),
+				E('td', { 'class': 'td' }, [ '%d'.format(h.flows || 0) ])
+			])), _('No interface attached'));
 	},
 
 	updateReasons: function(reasons, total) {
-		const table = document.getElementById('ebpfw-reason-table');
 		const ranked = Object.keys(reasons).filter(k => reasons[k] > 0)
 			.sort((a, b) => reasons[b] - reasons[a]);
-		const rows = ranked.map(k => E('tr', { 'class': 'tr', 'data-reason': k }, [
-			E('td', { 'class': 'td left' }, [ REASONS[k] || k ]),
-			E('td', { 'class': 'td' }, [ count(reasons[k]) ]),
-			E('td', { 'class': 'td' }, [ total ? '%.1f%%'.format(100 * reasons[k] / total) : '-' ])
-		]));
-		if (!rows.length)
-			rows.push(E('tr', { 'class': 'tr placeholder' }, [
-				E('td', { 'class': 'td' }, [ E('em', {}, [ _('No packet went to the stack yet') ]) ]) ]));
-		dom.content(table, [
-			E('tr', { 'class': 'tr table-titles' }, [
-				E('th', { 'class': 'th' }, [ _('Reason') ]),
-				E('th', { 'class': 'th' }, [ _('Packets') ]),
-				E('th', { 'class': 'th' }, [ _('Share') ])
-			])
-		].concat(rows));
+		fillTable('ebpfw-reason-table', [ _('Reason'), _('Packets'), _('Share') ],
+			ranked.map(k => E('tr', { 'class': 'tr', 'data-reason': k }, [
+				E('td', { 'class': 'td left' }, [ REASONS[k] || k ]),
+				E('td', { 'class': 'td' }, [ count(reasons[k]) ]),
+				E('td', { 'class': 'td' }, [ total ? '%.1f%%'.format(100 * reasons[k] / total) : '-' ])
+			])), _('No packet went to the stack yet'));
 	},
 
 	ifname: function(ifindex) {
@@ -451,43 +426,29 @@ return view.extend({
 	},
 
 	updateFlows: function(reply) {
-		const table = document.getElementById('ebpfw-flow-table');
 		const rows = [];
-
-		if (reply.__error) {
-			rows.push(E('tr', { 'class': 'tr placeholder' }, [
-				E('td', { 'class': 'td' }, [ E('em', {}, [ String(reply.__error.message || reply.__error) ]) ]) ]));
+		for (const f of (reply.__error ? [] : reply.flows || [])) {
+			const nat = f.nat_src ? '%s \u2192 %s'.format(f.nat_src, f.nat_dst) : '';
+			let note = f.reason || '';
+			if (f.hook == 'tc')
+				note += ' (' + _('from TC') + ')';
+			rows.push(E('tr', { 'class': 'tr', 'data-state': f.state, 'data-proto': f.proto }, [
+				E('td', { 'class': 'td' }, [ STATES[f.state] || f.state ]),
+				E('td', { 'class': 'td hide-xs' }, [ 'IPv%d'.format(f.family) ]),
+				E('td', { 'class': 'td' }, [ String(f.proto).toUpperCase() ]),
+				E('td', { 'class': 'td' }, [ f.src ]),
+				E('td', { 'class': 'td' }, [ f.dst ]),
+				E('td', { 'class': 'td hide-xs' }, [ nat ]),
+				E('td', { 'class': 'td' }, [ '%s \u2192 %s'.format(this.ifname(f.ifindex), this.ifname(f.oif)) ]),
+				E('td', { 'class': 'td' }, [ '%1024.2mB (%s %s)'.format(f.bytes, count(f.packets), _('Pkts.')) ]),
+				E('td', { 'class': 'td hide-xs' }, [ (f.idle_s != null) ? '%.1f s'.format(f.idle_s) : '-' ]),
+				E('td', { 'class': 'td hide-xs' }, [ note ])
+			]));
 		}
-		else {
-			for (const f of reply.flows || []) {
-				const nat = f.nat_src ? '%s \u2192 %s'.format(f.nat_src, f.nat_dst) : '';
-				let note = f.reason || '';
-				if (f.hook == 'tc')
-					note += ' (' + _('from TC') + ')';
-				rows.push(E('tr', { 'class': 'tr', 'data-state': f.state, 'data-proto': f.proto }, [
-					E('td', { 'class': 'td' }, [ STATES[f.state] || f.state ]),
-					E('td', { 'class': 'td hide-xs' }, [ 'IPv%d'.format(f.family) ]),
-					E('td', { 'class': 'td' }, [ String(f.proto).toUpperCase() ]),
-					E('td', { 'class': 'td', 'data-col': 'src' }, [ f.src ]),
-					E('td', { 'class': 'td', 'data-col': 'dst' }, [ f.dst ]),
-					E('td', { 'class': 'td hide-xs' }, [ nat ]),
-					E('td', { 'class': 'td' }, [ '%s \u2192 %s'.format(this.ifname(f.ifindex), this.ifname(f.oif)) ]),
-					E('td', { 'class': 'td' }, [ '%1024.2mB (%s %s)'.format(f.bytes, count(f.packets), _('Pkts.')) ]),
-					E('td', { 'class': 'td hide-xs' }, [ (f.idle_s != null) ? '%.1f s'.format(f.idle_s) : '-' ]),
-					E('td', { 'class': 'td hide-xs' }, [ note ])
-				]));
-			}
-			if (!rows.length)
-				rows.push(E('tr', { 'class': 'tr placeholder' }, [
-					E('td', { 'class': 'td' }, [ E('em', {}, [ _('No flow in the table') ]) ]) ]));
-		}
-
-		dom.content(table, [
-			E('tr', { 'class': 'tr table-titles' }, [
-				_('State'), _('Network'), _('Protocol'), _('Source'), _('Destination'),
-				_('Translated to'), _('Interfaces'), _('Transfer'), _('Idle'), _('Note')
-			].map(t => E('th', { 'class': 'th' }, [ t ])))
-		].concat(rows));
+		fillTable('ebpfw-flow-table', [
+			_('State'), _('Network'), _('Protocol'), _('Source'), _('Destination'),
+			_('Translated to'), _('Interfaces'), _('Transfer'), _('Idle'), _('Note')
+		], rows, reply.__error ? String(reply.__error.message || reply.__error) : _('No flow in the table'));
 
 		const total = reply.total || 0, first = reply.offset || 0;
 		const shown = (reply.flows || []).length;
@@ -578,4 +539,17 @@ function niceCeiling(v) {
 		if (v <= m * p)
 			return m * p;
 	return 10 * p;
+}
+
+/* a table's header row, then its rows or one row saying why there are none */
+function fillTable(id, titles, rows, empty) {
+	if (!rows.length)
+		rows = [ E('tr', { 'class': 'tr placeholder' }, [ E('td', { 'class': 'td' }, [ E('em', {}, [ empty ]) ]) ]) ];
+	dom.content(document.getElementById(id), [
+		E('tr', { 'class': 'tr table-titles' }, titles.map(t => E('th', { 'class': 'th' }, [ t ])))
+	].concat(rows));
+}
+
+function section(id, title, children) {
+	return E('div', { 'class': 'cbi-section', 'id': id }, [ E('h3', {}, [ title ]) ].concat(children));
 }
