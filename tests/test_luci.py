@@ -11,7 +11,10 @@ each mode goes to build/luci-*.png.
 from __future__ import annotations
 
 import json
+import os
 import re
+import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -137,6 +140,8 @@ def test_translation_template_lists_every_string():
 # -- the browser ----------------------------------------------------------------------------
 
 INTERFACES = ("eth0=xdp", "eth1=xdp", "eth2=tc")
+# the switch's checkbox, as LuCI's form.Flag renders it
+SWITCH_BOX = ".cbi-value[data-name='flow_offloading_ebpf'] input[type='checkbox']"
 UDP_PORT, TCP_PORT = 44444, 44445
 
 
@@ -349,9 +354,9 @@ def test_admin_sees_interfaces_flow_counts_known_flows_and_the_plot(page: Page):
 
     # an administrator has every control
     for css in ("#ebpfw-flush", "#ebpfw-resync", ".cbi-button-apply",
-                "input[id$='.flow_offloading_ebpf']"):
+                SWITCH_BOX):
         assert page.find(css).is_enabled(), css
-    assert page.find("input[id$='.flow_offloading_ebpf']").is_selected()
+    assert page.find(SWITCH_BOX).is_selected()
     assert page.find("#ebpfw-readonly") is None
     assert {"state", "proto", "limit", "offset", "sort"} >= set(page.calls("root", "flows")[-1])
     assert page.calls("root", "flows")[-1]["limit"] == 25
@@ -392,7 +397,7 @@ def test_read_only_user_sees_everything_but_cannot_change_anything(page: Page):
     note = page.find("#ebpfw-readonly")
     assert note is not None and "read-only" in note.text
     for css in ("#ebpfw-flush", "#ebpfw-resync", ".cbi-button-apply", ".cbi-button-save",
-                ".cbi-button-reset", "input[id$='.flow_offloading_ebpf']"):
+                ".cbi-button-reset", SWITCH_BOX):
         assert not page.find(css).is_enabled(), css
     page.wait(lambda b: page.text("ebpfw-flows-forward") == str(page.router.status()["flows"]["forward"]),
               "flow counts for a read-only user")
@@ -430,7 +435,7 @@ def test_flush_and_resync_act_on_the_daemon(page: Page):
 def test_switch_off_stops_the_daemon_and_the_page_says_how_to_turn_it_on(page: Page):
     from selenium.webdriver.support import expected_conditions as EC
     page.open("root")
-    box = page.find("input[id$='.flow_offloading_ebpf']")
+    box = page.find(SWITCH_BOX)
     assert box.is_selected()
     box.click()
     page.find(".cbi-button-apply").click()
@@ -440,7 +445,7 @@ def test_switch_off_stops_the_daemon_and_the_page_says_how_to_turn_it_on(page: P
     down = page.text("ebpfw-down")
     assert "off" in down and "uci set firewall.@defaults[0].flow_offloading_ebpf=1" in down
     assert not page.find("#ebpfw-live").is_displayed()
-    box = page.find("input[id$='.flow_offloading_ebpf']")
+    box = page.find(SWITCH_BOX)
     assert not box.is_selected() and box.is_enabled()
     print(page.screenshot("down-off"))
 
@@ -474,6 +479,161 @@ def test_warns_when_the_fw4_flowtable_is_on_as_well(page: Page):
     warning = page.find("#ebpfw-flowtable-warning")
     assert warning is not None and "Software flow offloading" in warning.text
     assert "flowtable" in page.find("#cbi-firewall-defaults").text
+
+
+# -- the same page in real LuCI (only where OpenWrt's userland is built) ---------------------
+
+
+def openwrt_root() -> Path | None:
+    """Where ubusd, rpcd, uhttpd and luci-base's htdocs were built (see shared/openwrt-userland.md)."""
+    prefix = os.environ.get("EBPFW_OPENWRT_PREFIX") or "/work/scratch/owrt/prefix"
+    root = Path(prefix).parent
+    needed = (root / ".done", root / "router.sh", root / LUCI_RESOURCES / "luci.js")
+    return root if all(p.exists() for p in needed) else None
+
+
+LUCI_RESOURCES = Path("luci/modules/luci-base/htdocs/luci-static/resources")
+LUCI_BASE_ACL = Path("luci/modules/luci-base/root/usr/share/rpcd/acl.d/luci-base.json")
+BRIDGE = STANDIN / "ebpfw-bridge.uc"
+PASSWORD = "ebpfw-test"
+
+
+class RealLuci:
+    """uhttpd, rpcd and ubusd of a router.sh session, serving luci-base's real client and the
+    view; the `ebpfw` ubus object is tests/luci/ebpfw-bridge.uc in front of the lab's daemon."""
+
+    def __init__(self, url: str, www: Path) -> None:
+        self.url, self.www = url, www
+
+    def call(self, params: list) -> dict:
+        return rpc(self.url, params)
+
+    def page(self, user: str, writer: bool) -> str:
+        """A page as LuCI's header template makes it, for a fresh login of `user`."""
+        login = self.call(["00000000000000000000000000000000", "session", "login",
+                           {"username": user, "password": PASSWORD}])
+        sid = login["result"][1]["ubus_rpc_session"]
+        env = {"sessionid": sid, "token": secrets.token_hex(16), "resource": "/luci-static/resources",
+               "media": "/luci-static/bootstrap", "scriptname": "/cgi-bin/luci",
+               "requestpath": ["admin", "status", "ebpfw"], "dispatchpath": ["admin", "status", "ebpfw"],
+               "pathinfo": "/admin/status/ebpfw", "documentroot": "/www", "ubuspath": "/ubus/",
+               "pollinterval": 1, "rpctimeout": 20, "apply_rollback": 90, "apply_holdoff": 4,
+               "apply_timeout": 5, "apply_display": 1.5,
+               "nodespec": {"satisfied": True, "readonly": not writer,
+                            "action": {"type": "view", "path": "ebpfw/status"}}}
+        name = f"{user}.html"
+        (self.www / name).write_text(
+            "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+            "<title>LuCI</title></head><body><div id='maincontent'><div id='view'></div></div>\n"
+            "<script src='/luci-static/resources/cbi.js'></script>\n"
+            "<script src='/luci-static/resources/luci.js'></script>\n"
+            f"<script>L = new LuCI({json.dumps(env)});</script>\n"
+            "<script>L.require('ui').then(ui => ui.instantiateView('ebpfw/status'));</script>\n"
+            "</body></html>\n")
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture(scope="module")
+def real_luci(router: Router, tmp_path_factory):
+    owrt = openwrt_root()
+    if owrt is None:
+        pytest.skip("OpenWrt's ubusd, rpcd, uhttpd and luci-base are not built on this machine "
+                    "(EBPFW_OPENWRT_PREFIX, default /work/scratch/owrt/prefix); the stand-in "
+                    "tests above ran instead")
+    base = tmp_path_factory.mktemp("real-luci")
+    www, config = base / "www", base / "config"
+    shutil.copytree(owrt / LUCI_RESOURCES, www / "luci-static" / "resources")
+    shutil.copytree(RESOURCES / "view", www / "luci-static" / "resources" / "view", dirs_exist_ok=True)
+    config.mkdir()
+    shutil.copy(router.uci_dir / "firewall", config / "firewall")
+    write_uci(config / "luci", [("core", "main", {"lang": "auto"})])
+    digest = subprocess.run(["openssl", "passwd", "-5", PASSWORD], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    (config / "rpcd").write_text(
+        f"config login\n\toption username 'root'\n\toption password '{digest}'\n"
+        "\tlist read '*'\n\tlist write '*'\n\n"
+        f"config login\n\toption username 'viewer'\n\toption password '{digest}'\n"
+        "\tlist read '*'\n")
+    # ucode publishes with a policy: declared arguments only, uhttpd's session included
+    hint = {api.ArgType.STRING: "s", api.ArgType.INT: 32, api.ArgType.BOOL: True}
+    signatures = {name: {**{a: hint[spec.type] for a, spec in m.args.items()},
+                         "ubus_rpc_session": "s"} for name, m in api.METHODS.items()}
+    proc = subprocess.Popen(
+        [str(owrt / "router.sh"), "-p", "auto", "-w", str(www), "-c", str(config),
+         "--acl-add", str(owrt / LUCI_BASE_ACL), "--acl-add", str(ACL), "--",
+         "ucode", str(BRIDGE), router.lab.control, json.dumps(signatures)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        ready = selectors.DefaultSelector()
+        ready.register(proc.stdout, selectors.EVENT_READ)
+        url = proc.stdout.readline().strip() if ready.select(WAIT) else "no answer in time"
+        ready.close()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"router.sh did not start: {url}{proc.stdout.read()}")
+        yield RealLuci(url, www)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture
+def real_page(browser, real_luci: RealLuci, harness: Harness, router: Router):
+    router.ensure_running()
+    browser.get_log("browser")
+    yield Page(browser, harness, router)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+def open_real(page: Page, real_luci: RealLuci, user: str, writer: bool) -> None:
+    page.b.get(real_luci.page(user, writer))
+    page.wait(lambda b: page.text("ebpfw-state") == "Running" or page.find("#ebpfw-down"),
+              "the page in real LuCI showing the daemon's state")
+
+
+@requires_root
+def test_real_luci_runs_the_view_as_the_stand_in_does(real_page: Page, real_luci: RealLuci):
+    page = real_page
+    open_real(page, real_luci, "root", writer=True)
+    status = page.router.status()
+    shown = {r["data"]["ifname"]: r["data"] for r in page.rows("#ebpfw-interface-table")
+             if r["data"].get("ifname")}
+    assert set(shown) == {h["name"] for h in status["hooks"]}
+    page.wait(lambda b: all(page.text(f"ebpfw-flows-{k}") == str(v)
+                            for k, v in page.router.status()["flows"].items()),
+              "flow counts equal to `ebpfw status`")
+    page.wait(lambda b: has_flow(flow_rows(page), f"{CLIENT4}:{UDP_PORT}", f"{SERVER4}:5201", "UDP"),
+              "the known flow in the table")
+    page.wait(lambda b: len((page.find("#ebpfw-plot-forward").get_attribute("points") or "").split()) >= 3,
+              "the plot drawn")
+    for css in ("#ebpfw-flush", "#ebpfw-resync", SWITCH_BOX):
+        assert page.find(css).is_enabled(), css
+    from selenium.webdriver.support.ui import Select
+    Select(page.find("#ebpfw-filter-proto")).select_by_value("tcp")
+    page.wait(lambda b: (rows := flow_rows(page)) and all(r["data"]["proto"] == "tcp" for r in rows),
+              "the protocol filter through real rpc.js and uhttpd")
+    print(page.screenshot("real-admin"))
+
+
+@requires_root
+def test_real_luci_read_only_login_and_stopped_daemon(real_page: Page, real_luci: RealLuci):
+    page = real_page
+    open_real(page, real_luci, "viewer", writer=False)
+    page.wait(lambda b: has_flow(flow_rows(page), f"{CLIENT4}:{UDP_PORT}", f"{SERVER4}:5201", "UDP"),
+              "the known flow for a read-only login")
+    assert page.find("#ebpfw-readonly") is not None
+    # real form.Map asks rpcd (session access uci firewall write) and disables the switch
+    for css in ("#ebpfw-flush", "#ebpfw-resync", SWITCH_BOX):
+        assert not page.find(css).is_enabled(), css
+    print(page.screenshot("real-readonly"))
+    page.router.lab.stop_daemon(signal.SIGKILL)
+    page.wait(lambda b: page.find("#ebpfw-down[data-kind='stopped']"),
+              "real LuCI explaining the stopped daemon (object gone from ubus)")
+    print(page.screenshot("real-down"))
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["pot"]:

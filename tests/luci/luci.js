@@ -509,13 +509,13 @@ String.prototype.format = function(...args) {
 				break;
 			}
 			case 'm': {
-				/* %<base>.<digits>m: 1234567 with %1000.2m is "1.23 M" */
+				/* %<base>.<digits>m: 1234567 with %1000.2m is "1.23 M", 2048 with %1024.2m "2.00 Ki" */
 				const base = width ? +width : 1000, digits = prec ? ~~(10 * +('0' + prec)) : 2;
 				const units = [ ' ', ' K', ' M', ' G', ' T', ' P', ' E' ];
 				let val = +v || 0, i = 0;
 				for (; i < units.length && val > base; i++)
 					val /= base;
-				return (i ? val.toFixed(digits) : val) + units[i];
+				return i ? val.toFixed(digits) + units[i] + (base == 1024 ? 'i' : '') : val + ' ';
 			}
 			default: s = v;
 			}
@@ -927,17 +927,19 @@ const Flag = AbstractValue.extend({
 		this.disabled = '0';
 		this.default = this.disabled;
 	},
+	/* as ui.Checkbox: the box has a generated id and names its widget in data-widget-id */
 	renderWidget(sid) {
-		const id = 'widget.' + this.cbid(sid);
-		return E('div', { 'class': 'cbi-checkbox' }, [
+		const id = 'cb' + (nextRef++).toString(16);
+		return E('div', { 'class': 'cbi-checkbox', 'id': this.cbid(sid) }, [
 			E('input', { 'type': 'checkbox', 'id': id, 'value': this.enabled,
+				'data-widget-id': 'widget.' + this.cbid(sid),
 				'checked': (this.textvalue(sid) == this.enabled) ? '' : null,
 				'disabled': this.isReadonly() ? '' : null }),
 			E('label', { 'for': id })
 		]);
 	},
 	formvalue(sid) {
-		const el = document.getElementById('widget.' + this.cbid(sid));
+		const el = document.querySelector(`input[data-widget-id="widget.${this.cbid(sid)}"]`);
 		return el ? (el.checked ? this.enabled : this.disabled) : null;
 	},
 	parse(sid) {

@@ -26,7 +26,7 @@ const callResync = rpc.declare({ object: 'ebpfw', method: 'resync', reject: true
 const SWITCH = 'flow_offloading_ebpf';
 const PAGE_SIZE = 25;
 const PLOT_WINDOW_S = 300;
-const PLOT_W = 600, PLOT_H = 160;
+const PLOT_H = 160;
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 const MODES = {
@@ -188,8 +188,7 @@ return view.extend({
 		]);
 
 		this.plot = svg('svg', {
-			'id': 'ebpfw-plot', 'viewBox': '0 0 %d %d'.format(PLOT_W, PLOT_H + 20),
-			'width': '100%', 'role': 'img'
+			'id': 'ebpfw-plot', 'width': '100%', 'height': PLOT_H + 20, 'role': 'img'
 		});
 
 		return [
@@ -280,8 +279,9 @@ return view.extend({
 
 	refresh: function() {
 		const f = this.filter;
+		/* an unset filter is left out (undefined), not sent as null: ubus has no null */
 		return callStatus().then(status => {
-			return callFlows(f.state || null, f.proto || null, PAGE_SIZE, f.offset, 'bytes')
+			return callFlows(f.state || undefined, f.proto || undefined, PAGE_SIZE, f.offset, 'bytes')
 				.then(flows => this.update(status, flows), e => this.update(status, { __error: e }));
 		}, e => this.update({ __error: e }, null));
 	},
@@ -486,13 +486,16 @@ return view.extend({
 			peak = Math.max(peak, s.r_forward, s.r_pass);
 		const top = niceCeiling(peak);
 		const now = Date.now() / 1000;
-		const x = s => PLOT_W - (now - s.t) / PLOT_WINDOW_S * PLOT_W;
+		/* user units are pixels: the plot is as wide as the page, its text keeps its size */
+		const W = Math.max(200, plot.getBoundingClientRect().width || 600);
+		plot.setAttribute('viewBox', '0 0 %d %d'.format(W, PLOT_H + 20));
+		const x = s => W - (now - s.t) / PLOT_WINDOW_S * W;
 		const y = v => PLOT_H - v / top * PLOT_H;
 
-		plot.appendChild(svg('rect', { 'x': 0, 'y': 0, 'width': PLOT_W, 'height': PLOT_H,
+		plot.appendChild(svg('rect', { 'x': 0, 'y': 0, 'width': W, 'height': PLOT_H,
 			'fill': 'none', 'stroke': 'currentColor', 'stroke-opacity': '0.3' }));
 		for (const frac of [ 0.25, 0.5, 0.75 ])
-			plot.appendChild(svg('line', { 'x1': 0, 'x2': PLOT_W, 'y1': PLOT_H * frac, 'y2': PLOT_H * frac,
+			plot.appendChild(svg('line', { 'x1': 0, 'x2': W, 'y1': PLOT_H * frac, 'y2': PLOT_H * frac,
 				'stroke': 'currentColor', 'stroke-opacity': '0.15' }));
 		const label = (text, xpos, ypos, anchor) => {
 			const t = svg('text', { 'x': xpos, 'y': ypos, 'font-size': '11', 'fill': 'currentColor',
@@ -502,7 +505,7 @@ return view.extend({
 		};
 		label(_('%s packets/s').format(fmtRate(top)), 4, 12);
 		label(_('-%d min').format(PLOT_WINDOW_S / 60), 0, PLOT_H + 15);
-		label(_('now'), PLOT_W, PLOT_H + 15, 'end');
+		label(_('now'), W, PLOT_H + 15, 'end');
 
 		for (const [ key, colour ] of [ [ 'r_pass', '#2196f3' ], [ 'r_forward', '#4caf50' ] ])
 			plot.appendChild(svg('polyline', {
