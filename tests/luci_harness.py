@@ -14,7 +14,7 @@ ubus JSON-RPC endpoint `/ubus/` that uhttpd serves, answering like uhttpd and rp
   test plays procd's reload triggers there);
 - `ebpfw`: the REAL daemon, through its control socket, i.e. api.Api.call as ubus would; the
   arguments carry `ubus_rpc_session` as uhttpd adds it; no daemon: JSON-RPC error -32000
-  (uhttpd's "Object not found"); a refused argument: ubus status 2.
+  (uhttpd's "Object not found"); a refused argument, or a null one: ubus status 2.
 """
 from __future__ import annotations
 
@@ -341,6 +341,9 @@ class Harness:
         spec = api.METHODS.get(method)
         if spec is None:
             return [UBUS_METHOD_NOT_FOUND]
+        # uhttpd turns a JSON null into an untyped attribute, which a typed policy refuses
+        if any(value is None for value in args.values()):
+            return [UBUS_INVALID_ARGUMENT]
         try:
             api.validate(spec, args)        # only to pick the status code; the daemon checks too
         except api.InvalidArgument:

@@ -7,6 +7,9 @@ whose ubus endpoint forwards `ebpfw` calls to the daemon's control socket (api.A
 ubus would), with sessions and ACLs taken from the app's ACL file. Assertions are on what a user
 sees: the DOM, compared with `ebpfw status` and the flows the test started. A screenshot of
 each mode goes to build/luci-*.png.
+
+Where OpenWrt's userland is built (EBPFW_OPENWRT_PREFIX), the same view also runs in real LuCI
+(luci-base's client, uhttpd, rpcd, ubusd) to check that the stand-in behaves as LuCI does.
 """
 from __future__ import annotations
 
