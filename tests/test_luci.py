@@ -268,12 +268,22 @@ class Page:
                   "the page showing the daemon's state")
 
     def wait(self, cond, what: str, timeout: float = WAIT):
-        from selenium.common.exceptions import TimeoutException
+        """Polls cond until it holds; the page redraws as it polls, so an element found a
+        moment ago may be gone (stale): that counts as not yet."""
+        from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
         try:
-            return WebDriverWait(self.b, timeout, poll_frequency=0.1).until(cond)
+            return WebDriverWait(self.b, timeout, poll_frequency=0.1,
+                                 ignored_exceptions=(StaleElementReferenceException,)).until(cond)
         except TimeoutException:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+    def plot_points(self, line: str = "forward") -> list[tuple[float, float]]:
+        """The points of a plotted line, read in one go (the plot is redrawn on each poll)."""
+        points = self.b.execute_script(
+            "const l = document.getElementById(arguments[0]); return l ? l.getAttribute('points') : ''",
+            f"ebpfw-plot-{line}") or ""
+        return [(float(x), float(y)) for x, y in (p.split(",") for p in points.split())]
 
     def find(self, css: str):
         found = self.b.find_elements("css selector", css)
@@ -342,9 +352,8 @@ def test_admin_sees_interfaces_flow_counts_known_flows_and_the_plot(page: Page):
 
     # the plot: offloaded packets/s drawn, above zero for the running flows
     def plotted(_b) -> bool:
-        pts = page.find("#ebpfw-plot-forward")
-        pairs = [p.split(",") for p in (pts.get_attribute("points") if pts else "").split()]
-        return len(pairs) >= 3 and any(float(y) < 160 for _x, y in pairs)
+        points = page.plot_points()
+        return len(points) >= 3 and any(y < 160 for _x, y in points)     # 160: the zero line
     page.wait(plotted, "offloaded packets/s plotted")
     assert re.fullmatch(r"\d+(\.\d+ K)? ?", page.text("ebpfw-rate-forward").strip() + " ")
     assert int(page.text("ebpfw-total-forward")) > 0
@@ -611,8 +620,7 @@ def test_real_luci_runs_the_view_as_the_stand_in_does(real_page: Page, real_luci
               "flow counts equal to `ebpfw status`")
     page.wait(lambda b: has_flow(flow_rows(page), f"{CLIENT4}:{UDP_PORT}", f"{SERVER4}:5201", "UDP"),
               "the known flow in the table")
-    page.wait(lambda b: len((page.find("#ebpfw-plot-forward").get_attribute("points") or "").split()) >= 3,
-              "the plot drawn")
+    page.wait(lambda b: len(page.plot_points()) >= 3, "the plot drawn")
     for css in ("#ebpfw-flush", "#ebpfw-resync", SWITCH_BOX):
         assert page.find(css).is_enabled(), css
     from selenium.webdriver.support.ui import Select
