@@ -135,6 +135,8 @@ def pot_text() -> str:
 def test_translation_template_lists_every_string():
     """Regenerate with: .venv/bin/python tests/test_luci.py pot"""
     assert POT.read_text() == pot_text()
+    # themes style the page: no inline style in it
+    assert "style" not in VIEW.read_text()
     # no user-visible English outside _(): E() children that are bare literals
     bare = re.findall(r"E\('[a-z0-9]+',\s*\{[^}]*\},\s*\[\s*'([A-Za-z][^']*)'", VIEW.read_text())
     assert set(bare) <= {"TCP", "UDP", "IPv%d"}, bare
@@ -357,6 +359,12 @@ def test_admin_sees_interfaces_flow_counts_known_flows_and_the_plot(page: Page):
     page.wait(plotted, "offloaded packets/s plotted")
     assert re.fullmatch(r"\d+(\.\d+ K)? ?", page.text("ebpfw-rate-forward").strip() + " ")
     assert int(page.text("ebpfw-total-forward")) > 0
+    assert page.text("ebpfw-total-bytes").endswith("B") and page.text("ebpfw-uptime").endswith("s")
+    # admission latency percentiles, over the flows the daemon admitted
+    assert re.fullmatch(r"median [\d.]+ ms, 99th percentile [\d.]+ ms, max [\d.]+ ms \((\d+) flows\)",
+                        page.text("ebpfw-admission")), page.text("ebpfw-admission")
+    assert re.match(r"last beat \d+ ms ago; the fast path fails open after 1\.0 s",
+                    page.text("ebpfw-heartbeat"))
 
     # why packets went to the stack: ranked, in words
     reasons = [r for r in page.rows("#ebpfw-reason-table") if r["data"].get("reason")]
