@@ -129,7 +129,8 @@ def pot_text() -> str:
     def quote(s: str) -> str:
         return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
     entries = [f"msgid {quote(s)}\nmsgstr \"\"\n" for s in translatable()]
-    return 'msgid ""\nmsgstr "Content-Type: text/plain; charset=UTF-8"\n\n' + "\n".join(entries)
+    return ("# SPDX-License-Identifier: GPL-2.0-only\n"
+            'msgid ""\nmsgstr "Content-Type: text/plain; charset=UTF-8"\n\n' + "\n".join(entries))
 
 
 def test_translation_template_lists_every_string():
