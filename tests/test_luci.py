@@ -561,6 +561,7 @@ def real_luci(router: Router, tmp_path_factory):
         pytest.skip("OpenWrt's ubusd, rpcd, uhttpd and luci-base are not built on this machine "
                     "(EBPFW_OPENWRT_PREFIX, default /work/scratch/owrt/prefix); the stand-in "
                     "tests above ran instead")
+    router.ensure_running()           # and the firewall config as the other tests begin it
     base = tmp_path_factory.mktemp("real-luci")
     www, config = base / "www", base / "config"
     shutil.copytree(owrt / LUCI_RESOURCES, www / "luci-static" / "resources")

@@ -261,6 +261,7 @@ const Poll = Class.singleton({
 		this.tick = 0;
 		if (this.queue.length) {
 			this.timer = window.setInterval(() => this.step(), 1000);
+			this.step();       /* the first round right away, then every second */
 			document.dispatchEvent(new CustomEvent('poll-start'));
 		}
 		return true;
@@ -276,15 +277,15 @@ const Poll = Class.singleton({
 	active() {
 		return this.timer != null;
 	},
-	/* each function runs every `interval` ticks, never twice at once */
+	/* each function runs every `interval` ticks (tick 0 included), never twice at once */
 	step() {
-		this.tick++;
 		for (const e of this.queue) {
 			if (this.tick % e.interval != 0 || !e.idle)
 				continue;
 			e.idle = false;
 			Promise.resolve().then(() => e.fn()).finally(() => { e.idle = true; });
 		}
+		this.tick++;
 	}
 });
 

@@ -26,6 +26,7 @@ const callResync = rpc.declare({ object: 'ebpfw', method: 'resync', reject: true
 const SWITCH = 'flow_offloading_ebpf';
 const PAGE_SIZE = 25;
 const PLOT_WINDOW_S = 300;
+const MIN_RATE_S = 1;
 const PLOT_H = 160;
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
@@ -305,10 +306,15 @@ return view.extend({
 			this.samples = [];   /* the daemon restarted: its counters began again */
 		const last = this.samples[this.samples.length - 1];
 		const dt = last ? sample.t - last.t : 0;
+		/* a rate over less than a second says little (byte counts move with the daemon's
+		 * sweeps): until then the previous rates stand and no point is added */
+		const fresh = !last || dt >= MIN_RATE_S;
 		for (const k of [ 'forward', 'pass', 'drop', 'bytes' ])
-			sample['r_' + k] = (dt > 0) ? Math.max(0, sample[k] - last[k]) / dt : null;
-		this.samples.push(sample);
-		this.samples = this.samples.filter(s => now - s.t <= PLOT_WINDOW_S);
+			sample['r_' + k] = !last ? null : fresh ? Math.max(0, sample[k] - last[k]) / dt : last['r_' + k];
+		if (fresh) {
+			this.samples.push(sample);
+			this.samples = this.samples.filter(s => now - s.t <= PLOT_WINDOW_S);
+		}
 
 		this.setText('ebpfw-state', _('Running'));
 		this.setText('ebpfw-uptime', '%t'.format(Math.floor(status.uptime || 0)));
