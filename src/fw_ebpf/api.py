@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -82,10 +83,18 @@ class Method:
 
 def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
     counters = d.stats()
+    age_ms = d.heartbeat_age_ns() / 1e6
+    timeout_ms = d.settings.heartbeat_timeout * 1000
+    packets, nbytes = d.book.carried()
     return {
         "uptime": round(time.monotonic() - d.started, 1),
         "interfaces": dict(d.loader.attachments),
+        "hooks": _hooks(d),
+        # the fast path fails open past timeout_ms; pass_reasons.heartbeat counts such packets
+        "heartbeat": {"age_ms": round(age_ms, 1), "timeout_ms": timeout_ms},
+        "early_drop": d.policy is not None,
         "flows": d.book.counts(),
+        "offloaded": {"packets": packets, "bytes": nbytes},
         "counters": {c.name.lower(): v for c, v in counters.items() if not c.is_pass_reason},
         "pass_reasons": {c.name[5:].lower(): v for c, v in counters.items()
                          if c.is_pass_reason and v},
@@ -96,6 +105,23 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
                      "sweep_interval": d.settings.sweep_interval,
                      "heartbeat_timeout": d.settings.heartbeat_timeout},
     }
+
+
+def _hooks(d: Daemon) -> list[dict[str, Any]]:
+    """Each attached interface: its index (flows name devices by index), hook and how many
+    offloaded flow entries enter through it."""
+    entering: dict[int, int] = {}
+    for rec in d.book.in_state(maps.State.FORWARD):
+        entering[rec.info.ifindex] = entering.get(rec.info.ifindex, 0) + 1
+    hooks = []
+    for name, mode in sorted(d.loader.attachments.items()):
+        try:
+            ifindex = socket.if_nametoindex(name)
+        except OSError:
+            ifindex = 0          # the device went away; the daemon detaches on the link event
+        hooks.append({"name": name, "ifindex": ifindex, "mode": mode,
+                      "flows": entering.get(ifindex, 0)})
+    return hooks
 
 
 FLOW_SORTS = ("bytes", "packets", "none")

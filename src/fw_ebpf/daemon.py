@@ -644,6 +644,12 @@ class Daemon:
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))
 
+    def heartbeat_age_ns(self) -> int:
+        """Age of the heartbeat the fast path checks; past heartbeat_timeout it fails open."""
+        raw = self.runtime_map.lookup(bytes(4))
+        beat = maps.Runtime.from_buffer_copy(raw).heartbeat_ns if raw else 0
+        return max(0, time.monotonic_ns() - beat)
+
 
 def drop_ttl_ns(until: float, now: float) -> int:
     """How long an early-drop verdict may hold: DROP_TTL_NS, and never beyond the next boundary

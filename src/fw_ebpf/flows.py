@@ -43,6 +43,9 @@ class FlowBook:
         self.records: dict[bytes, FlowRecord] = {}
         self._by_ct: dict[Tuple, set[bytes]] = defaultdict(set)
         self._waiting: dict[Tuple, set[bytes]] = defaultdict(set)   # packet tuple -> keys
+        # what the fast path carried for entries no longer in the book (status reports totals)
+        self.retired_packets = 0
+        self.retired_bytes = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,6 +91,8 @@ class FlowBook:
     def remove(self, key: bytes) -> FlowRecord | None:
         rec = self.records.pop(key, None)
         if rec is not None:
+            self.retired_packets += rec.packets
+            self.retired_bytes += rec.bytes
             self._unbind(rec)
             self._drop_waiting(rec)
         return rec
@@ -101,6 +106,12 @@ class FlowBook:
 
     def in_state(self, *states: State) -> list[FlowRecord]:
         return [r for r in self.records.values() if r.state in states]
+
+    def carried(self) -> tuple[int, int]:
+        """Packets and bytes the fast path forwarded for every entry since the book began, as
+        of the last sweep (counters of removed entries are kept)."""
+        return (self.retired_packets + sum(r.packets for r in self.records.values()),
+                self.retired_bytes + sum(r.bytes for r in self.records.values()))
 
     def counts(self) -> dict[str, int]:
         out = {s.name.lower(): 0 for s in State}
