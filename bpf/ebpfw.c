@@ -26,7 +26,7 @@ _Static_assert(offsetof(struct ebpfw_key4, saddr) == offsetof(struct ebpfw_key6,
 const volatile struct ebpfw_config ebpfw_cfg SEC(".rodata.config") = {
 	.heartbeat_timeout_ns = 5 * NSEC_PER_SEC,
 	.event_interval_ns = NSEC_PER_SEC / 256,
-	.event_burst_ns = 4 * NSEC_PER_SEC,
+	.event_burst_ns = NSEC_PER_SEC,
 };
 
 #define FLOW_TABLE(name, key_type, entries)			\

@@ -288,8 +288,22 @@ class Daemon:
             self._schedule_retry(rec, attempt)
             return
         entry, direction = found
+        if not self._routed_back_where_it_came_in(rec):
+            self._write_verdict(rec, State.PASS, "its source is not routed back where it came in")
+            return
         self.book.bind(rec, entry.orig, direction)
         self._offload(entry, rec, direction)
+
+    def _routed_back_where_it_came_in(self, rec: FlowRecord) -> bool:
+        """Conntrack matches a tuple wherever the packet arrives: a copy of an accepted
+        connection's tuple sent in from another interface finds the entry all the same. Only
+        a key whose ingress is the device the route back to its source leaves by is offloaded
+        (strict reverse path); anything else stays with the stack."""
+        try:
+            iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
+            return self.resolver.out_device(rec.info.tuple.saddr) == socket.if_indextoname(iif)
+        except (OSError, Unresolved):
+            return False
 
     def _offload(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> None:
         why = entry.ineligible_reason()

@@ -184,7 +184,7 @@ ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
     Key4, Key6, Key, Flow, Event, Runtime, Config, Stats)
 # NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
 EVENT_RATE = 256
-EVENT_BURST = 1024
+EVENT_BURST = 256
 CONFIG_SECTION = ".rodata.config"
 
 
