@@ -223,12 +223,19 @@ def render(res: Results) -> str:
     out += _drop(res.get("forwarding"))
     out += _control(res.get("control"))
     out += _throughput(res.get("throughput"))
+    out += _fuzz(res.get("fuzz"))
     return "\n".join(out) + "\n"
 
 
 def _reruns(meta: Results) -> str:
-    later = [f"{name} re-run with `{r['command']}` on {r['date']}"
-             for name, r in meta.get("runs", {}).items() if r["command"] != meta.get("command")]
+    later = []
+    for name, r in meta.get("runs", {}).items():
+        if r["command"] == meta.get("command"):
+            continue
+        host = r.get("cpu_model", meta.get("cpu_model"))
+        other = "" if host == meta.get("cpu_model") else \
+            f" on another machine ({host}, kernel {r.get('kernel', '?')})"
+        later.append(f"{name} re-run with `{r['command']}` on {r['date']}{other}")
     return f" ({'; '.join(later)})" if later else ""
 
 
@@ -416,6 +423,20 @@ def _throughput(t: Results | None) -> list[str]:
         out.append(f"| {mode} | {streams} | {_mmm(v['gbps'])} | {_mmm(v['x_kernel'])} | "
                    f"{_mmm(v['fast_path_packets'], digits=0)} |")
     return out + ["", _img("throughput.png"), ""]
+
+
+def _fuzz(f: Results | None) -> list[str]:
+    if not f:
+        return []
+    verdict = "every frame did what the model says" if f["passed"] else \
+        f"**failed**: `{f['summary']}`"
+    return ["## Fuzzing the fast path", "",
+            f"`tests/test_fastpath_fuzz.py` with {f['examples_per_instance']:,} examples for each "
+            f"of {f['instances']} hook and flow kinds ({f['frames']:,} frames, each also cut at "
+            f"every offset), seed {f['seed']}: {verdict} ({f['fuzz_seconds']:.0f} s). `make test` "
+            "runs the same test derandomized on a small budget. Replay: "
+            f"`EBPFW_FUZZ_SEED={f['seed']} EBPFW_FUZZ_EXAMPLES={f['examples_per_instance']} "
+            ".venv/bin/python -m pytest tests/test_fastpath_fuzz.py`.", ""]
 
 
 def main() -> None:

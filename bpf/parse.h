@@ -203,6 +203,7 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 {
 	struct ipv6hdr *ip6 = c->pos;
+	__u32 l3_len;
 
 	if ((void *)(ip6 + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
@@ -210,9 +211,11 @@ static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 		return EBPFW_PASS_NOT_IP;
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return is_ipv6_ext(ip6->nexthdr) ? EBPFW_PASS_IPV6_EXT : EBPFW_PASS_L4_PROTO;
-	p->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-	if (p->l3_len == sizeof(*ip6) || !cursor_has(c, p->l3_len))
+	/* 32 bits: 40 + 65535 would wrap in l3_len and pass for a short packet */
+	l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (l3_len == sizeof(*ip6) || l3_len > 0xffff || !cursor_has(c, l3_len))
 		return EBPFW_PASS_TRUNCATED;	/* jumbogram or cut short */
+	p->l3_len = l3_len;
 	p->l3proto = EBPFW_L3_IPV6;
 	p->key.v6.l4proto = ip6->nexthdr;
 	__builtin_memcpy(p->key.v6.saddr, &ip6->saddr, sizeof(p->key.v6.saddr));
@@ -223,14 +226,22 @@ static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 	return 0;
 }
 
+/*
+ * The L4 header must lie within the IP payload, not only within the frame:
+ * conntrack calls anything else invalid, and the rewrite would touch bytes
+ * past the packet.
+ */
 static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 {
+	__u32 payload = p->l3_len - (p->l3proto == EBPFW_L3_IPV4 ? sizeof(struct iphdr)
+								 : sizeof(struct ipv6hdr));
+
 	if (p->key.v6.l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = c->pos;
 
 		if ((void *)(th + 1) > c->end)
 			return EBPFW_PASS_TRUNCATED;
-		if (th->doff < 5)
+		if (th->doff < 5 || th->doff * 4 > payload)
 			return EBPFW_PASS_TRUNCATED;
 		p->tcp_flags = ((__u8 *)th)[13];
 		p->key.v6.sport = th->source;
@@ -239,8 +250,12 @@ static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 		p->l4 = th;
 	} else {
 		struct udphdr *uh = c->pos;
+		__u32 ulen;
 
 		if ((void *)(uh + 1) > c->end)
+			return EBPFW_PASS_TRUNCATED;
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || ulen > payload)
 			return EBPFW_PASS_TRUNCATED;
 		p->key.v6.sport = uh->source;
 		p->key.v6.dport = uh->dest;

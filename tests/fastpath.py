@@ -185,10 +185,13 @@ class FastPath:
 
 
 def load_fastpath(path: Path, heartbeat_timeout_s: float, event_rate: int = maps.EVENT_RATE,
-                  event_burst: int = maps.EVENT_BURST) -> FastPath:
+                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None) -> FastPath:
     obj = BpfObject(str(path))
     obj.set_rodata(maps.CONFIG_SECTION,
                    maps.encode_config(heartbeat_timeout_s, event_rate, event_burst))
+    if pending_max is not None:
+        for _, pending in maps.TABLES.values():
+            obj.set_max_entries(pending, pending_max)
     obj.load()
     fp = FastPath(obj)
     fp.tx.update(struct.pack("=I", LO_IFINDEX), struct.pack("=I", LO_IFINDEX))

@@ -164,7 +164,7 @@ enum ebpfw_counter {
 	EBPFW_PASS_MULTICAST,		/* multicast or broadcast destination MAC */
 	EBPFW_PASS_NOT_IP,		/* not IPv4 / IPv6 (ARP, LLDP, PPPoE discovery, ...) */
 	EBPFW_PASS_L2,			/* VLAN depth or PPPoE header not handled */
-	EBPFW_PASS_TRUNCATED,		/* frame shorter than its headers */
+	EBPFW_PASS_TRUNCATED,		/* frame (or IP payload) shorter than its headers */
 	EBPFW_PASS_IP_OPTIONS,		/* IPv4 header with options */
 	EBPFW_PASS_FRAGMENT,		/* IPv4 fragment */
 	EBPFW_PASS_IPV6_EXT,		/* IPv6 extension header */
