@@ -47,9 +47,9 @@ SPORT, DPORT = 40000, 9
 SIZES = (64, 1400)                   # Ethernet frame without FCS
 FAMILIES = ("ipv4-masq", "ipv6")
 MODES = ("kernel", "xdp", "xdp-generic", "tc", "xdp-minimal")
-# xdp-floor: the cheapest possible XDP drop (bench/bpf/sink.c) on the router, the ceiling any
-# XDP drop can reach on this veth rig
-DROP_MODES = ("nftables", "xdp", "xdp-generic", "tc", "xdp-floor")
+# xdp-floor / tc-floor: the cheapest possible XDP / TC drop (bench/bpf/sink.c) on the router,
+# the ceiling any drop at that hook can reach on this veth rig
+DROP_MODES = ("nftables", "xdp", "xdp-generic", "tc", "xdp-floor", "tc-floor")
 # generator on the router's CPU (same-cpu, the measurement) or on the other one (cross-cpu)
 DROP_PLACEMENTS = ("same-cpu", "cross-cpu")
 WARMUP_S, WINDOW_S = 0.7, 2.5
@@ -300,6 +300,19 @@ def _drop_one(rig: Rig, mode: str, placement: str) -> Rate:
             return rig.drop_rate(lambda: percpu_total(obj.map("sink_count")), placement)
         finally:
             link.close()
+            obj.close()
+    if mode == "tc-floor":
+        obj, ifindex = load("sink"), rig.ifindex[("r", "eth1")]
+        with in_netns(rig.lab.router):
+            created = libbpf.tc_hook_create(ifindex)
+            libbpf.tc_attach(ifindex, obj.program("tc_sink").fd, 0xEB, 0xEB00)
+        try:
+            return rig.drop_rate(lambda: percpu_total(obj.map("sink_count")), placement)
+        finally:
+            with in_netns(rig.lab.router):
+                libbpf.tc_detach(ifindex, 0xEB, 0xEB00)
+                if created:
+                    libbpf.tc_hook_destroy(ifindex)
             obj.close()
     fast = EbpfwDrop(rig, mode)
     try:

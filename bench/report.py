@@ -355,8 +355,9 @@ def _drop(fw: Results | None) -> list[str]:
            "A UDP flow from the WAN side that fw4 drops (WAN in, WAN out: `drop_to_wan`), "
            "generated on the server's veth into the router. nftables: the fw4 drop rule's "
            "counter. ebpfw: a DROP entry for the flow in the flow table of a fast path the "
-           "benchmark loads itself, its DROP counter. `xdp-floor` is the cheapest XDP drop there "
-           "is (count and XDP_DROP) on the same device. The measure is the router's CPU time per "
+           "benchmark loads itself, its DROP counter. `xdp-floor` and `tc-floor` are the "
+           "cheapest drops there are at each hook (count and drop, bench/bpf/sink.c) on the same "
+           "device: what any drop there costs before the program does anything. The measure is the router's CPU time per "
            "dropped packet (its NAPI threads' schedstat runtime over the packets counted), which "
            "the other work on a shared machine does not change; packets/s is shown beside it.", "",
            "Why the generator now shares the router's CPU: with it on the other CPU, every frame "

@@ -24,18 +24,6 @@ pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 OFFLOAD_WAIT = 5.0
 
 
-@pytest.fixture
-def lab(request: pytest.FixtureRequest):
-    with Lab() as the_lab:
-        the_lab.start_echo_server(the_lab.server)
-        yield the_lab
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed and the_lab.daemon_log.exists():
-            lines = [x for x in the_lab.daemon_log.read_text().splitlines()
-                     if "fw_ebpf" in x and "libbpf:" not in x]
-            print("--- daemon log (tail) ---\n" + "\n".join(lines[-60:]))
-
-
 def flows_of(lab: Lab, port: int, state: str | None = "forward") -> list[dict]:
     """Flow-table entries (both directions) of the connection with this port on either side."""
     def has(f: dict) -> bool:

@@ -30,17 +30,6 @@ _SEND = ("import socket, sys\n"
          "    s.send(bytes.fromhex(line))\n")
 
 
-@pytest.fixture
-def lab(request: pytest.FixtureRequest):
-    with Lab() as the_lab:
-        the_lab.start_echo_server(the_lab.server)
-        yield the_lab
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed and the_lab.daemon_log.exists():
-            lines = [x for x in the_lab.daemon_log.read_text().splitlines() if "fw_ebpf" in x]
-            print("--- daemon log (tail) ---\n" + "\n".join(lines[-60:]))
-
-
 def mac(lab: Lab, ns: str, dev: str) -> str:
     return json.loads(lab.sh(ns, f"ip -j link show dev {dev}"))[0]["address"]
 
