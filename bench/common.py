@@ -183,6 +183,12 @@ def cpu_times(cpu: int) -> tuple[float, float, float]:
     raise RuntimeError(f"cpu{cpu} not in /proc/stat")
 
 
+def runtime_ns(pids: Sequence[int]) -> int:
+    """Time these threads spent on a CPU (sum_exec_runtime from /proc/<pid>/schedstat): their
+    own cost, whatever else shares the CPU."""
+    return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) for pid in pids)
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Router packets/s (kernel + fw4 vs ebpfw) and early-drop packets/s (nftables vs ebpfw DROP).
+"""Router packets/s (kernel + fw4 vs ebpfw) and early-drop cost (nftables vs ebpfw DROP).
 
 Method (DESIGN.md, "Testing on a real kernel"): the lab router (tests/lab.py) with the fw4
 ruleset; an in-kernel generator (bench/bpf/gen.c run with BPF_F_TEST_XDP_LIVE_FRAMES, XDP_TX
@@ -8,6 +8,15 @@ CPU 1, so the router's whole receive + forward path runs there; the server's vet
 sink (bench/bpf/sink.c) counting the UDP frames that arrive, its NAPI thread on CPU 0. The
 generator offers more than any mode forwards; what the sink counts per second is the rate.
 Every mode runs in every round and ratios come from one round.
+
+Every figure also records the router's own cost: CPU time of its NAPI threads (schedstat) per
+packet, which holds on a machine shared with other work where packets/s does not.
+
+Early drop runs the generator on the router's CPU. Across CPUs the rig, not the router, was the
+limit: a dropped frame goes back to the generator's page_pool through its ptr_ring, whose
+producer lock the generator takes too for the frames the full veth ring refused, so at high
+rates the router spun on that lock (on a NIC, XDP_DROP recycles into the driver's own pool on
+its own CPU, without a lock). The cross-CPU placement is kept for comparison.
 """
 from __future__ import annotations
 
@@ -28,8 +37,9 @@ from scapy.packet import Raw
 
 import common
 from common import GEN_CPU, ROUTER_CPU, in_netns, load, log, ns_sh, percpu_total, pin, \
-    cpu_times, run_live, summary, threaded_napi
+    cpu_times, run_live, runtime_ns, summary, threaded_napi
 from fw_ebpf import libbpf, maps
+from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.libbpf import BpfObject, Link
 from lab import CLIENT4, CLIENT6, GATEWAY4, GATEWAY6, SERVER4, SERVER6, Lab
 
@@ -37,9 +47,11 @@ SPORT, DPORT = 40000, 9
 SIZES = (64, 1400)                   # Ethernet frame without FCS
 FAMILIES = ("ipv4-masq", "ipv6")
 MODES = ("kernel", "xdp", "xdp-generic", "tc", "xdp-minimal")
-# xdp-floor: the cheapest possible XDP drop (bench/bpf/sink.c) on the router, the ceiling any
-# XDP drop can reach on this veth rig
-DROP_MODES = ("nftables", "xdp", "xdp-generic", "tc", "xdp-floor")
+# xdp-floor / tc-floor: the cheapest possible XDP / TC drop (bench/bpf/sink.c) on the router,
+# the ceiling any drop at that hook can reach on this veth rig
+DROP_MODES = ("nftables", "xdp", "xdp-generic", "tc", "xdp-floor", "tc-floor")
+# generator on the router's CPU (same-cpu, the measurement) or on the other one (cross-cpu)
+DROP_PLACEMENTS = ("same-cpu", "cross-cpu")
 WARMUP_S, WINDOW_S = 0.7, 2.5
 # The generator shares CPU 0 with the sink and runs as SCHED_IDLE, so the sink's NAPI thread
 # always gets the CPU it needs; results record the offered rate next to each figure
@@ -66,6 +78,7 @@ class Rate:
     router_cpu: float     # busy share of the router's CPU (1.0 = saturated), from /proc/stat
     router_steal: float   # share of it the hypervisor took
     gen_cpu: float        # busy share of the generator + sink CPU
+    router_ns: float      # CPU time of the router's NAPI threads per counted packet
 
 
 def _cpu_share(before: tuple[float, float, float], after: tuple[float, float, float]) \
@@ -112,14 +125,16 @@ class Rig:
         pin(self.router_napi, ROUTER_CPU)
         pin(self.other_napi, GEN_CPU)
 
-    def generate(self, ns: str, ifindex: int, frame: bytes) -> int:
-        """Forks a generator bound to CPU 0 in ns; returns its pid (SIGKILL ends it)."""
+    def generate(self, ns: str, ifindex: int, frame: bytes, cpu: int = GEN_CPU) -> int:
+        """Forks a generator bound to cpu in ns; returns its pid (SIGKILL ends it). Beside the
+        sink it runs as SCHED_IDLE; beside the router at normal priority, sharing its CPU."""
         self.gen_tmpl.update(bytes(4), frame[:64])
         pid = os.fork()
         if pid == 0:
             try:
-                os.sched_setaffinity(0, {GEN_CPU})
-                os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                os.sched_setaffinity(0, {cpu})
+                if cpu == GEN_CPU:
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
                 with in_netns(ns):
                     while True:
                         run_live(self.gen, frame, ifindex, 50_000_000)
@@ -128,22 +143,23 @@ class Rig:
         return pid
 
     def measure(self, ns: str, ifindex: int, frame: bytes, count: Callable[[], int],
-                seconds: float = WINDOW_S) -> Rate:
+                seconds: float = WINDOW_S, gen_cpu: int = GEN_CPU) -> Rate:
         self._pin()
-        pid = self.generate(ns, ifindex, frame)
+        pid = self.generate(ns, ifindex, frame, gen_cpu)
         try:
             time.sleep(WARMUP_S)
             c0, g0, t0 = count(), percpu_total(self.gen_count), time.monotonic()
-            r0, s0 = cpu_times(ROUTER_CPU), cpu_times(GEN_CPU)
+            r0, s0, n0 = cpu_times(ROUTER_CPU), cpu_times(GEN_CPU), runtime_ns(self.router_napi)
             time.sleep(seconds)
             c1, g1, t1 = count(), percpu_total(self.gen_count), time.monotonic()
-            r1, s1 = cpu_times(ROUTER_CPU), cpu_times(GEN_CPU)
+            r1, s1, n1 = cpu_times(ROUTER_CPU), cpu_times(GEN_CPU), runtime_ns(self.router_napi)
         finally:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         dt = t1 - t0
         router, steal = _cpu_share(r0, r1)
-        return Rate((c1 - c0) / dt, (g1 - g0) / dt, router, steal, _cpu_share(s0, s1)[0])
+        return Rate((c1 - c0) / dt, (g1 - g0) / dt, router, steal, _cpu_share(s0, s1)[0],
+                    (n1 - n0) / max(c1 - c0, 1))
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -188,8 +204,9 @@ class Rig:
         return udp_frame(self.mac[("s", "eth1")], self.mac[("r", "eth1")], SERVER4, DROP_DST, 64,
                          sport=SPORT + 1)
 
-    def drop_rate(self, count: Callable[[], int]) -> Rate:
-        return self.measure(self.lab.server, self.ifindex[("s", "eth1")], self.drop_frame(), count)
+    def drop_rate(self, count: Callable[[], int], placement: str) -> Rate:
+        return self.measure(self.lab.server, self.ifindex[("s", "eth1")], self.drop_frame(), count,
+                            gen_cpu=ROUTER_CPU if placement == "same-cpu" else GEN_CPU)
 
     def nft_drop_count(self) -> int:
         out = json.loads(self.lab.sh(self.lab.router, "nft -j list chain inet fw4 drop_to_wan"))
@@ -213,8 +230,8 @@ class EbpfwDrop:
         ifindex = rig.ifindex[("r", "eth1")]
         t = maps.Tuple(socket.IPPROTO_UDP, ipaddress.ip_address(SERVER4),
                        ipaddress.ip_address(DROP_DST), SPORT + 1, DPORT)
-        self.obj.map("ebpfw_flows").update(maps.encode_key(ifindex, t),
-                                           maps.encode_verdict(maps.State.DROP, 1 << 63))
+        FlowTables(self.obj.map).update(maps.encode_key(ifindex, t),
+                                        maps.encode_verdict(maps.State.DROP, 1 << 63))
         self.ifindex, self.mode, self.link = ifindex, mode, None
         with in_netns(rig.lab.router):
             if mode == "tc":
@@ -272,29 +289,46 @@ def _forward_round(lab: Lab, rig: Rig) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _drop_one(rig: Rig, mode: str, placement: str) -> Rate:
+    if mode == "nftables":
+        return rig.drop_rate(rig.nft_drop_count, placement)
+    if mode == "xdp-floor":
+        obj = load("sink")
+        with in_netns(rig.lab.router):
+            link = libbpf.xdp_attach(obj.program("sink"), rig.ifindex[("r", "eth1")], "native")
+        try:
+            return rig.drop_rate(lambda: percpu_total(obj.map("sink_count")), placement)
+        finally:
+            link.close()
+            obj.close()
+    if mode == "tc-floor":
+        obj, ifindex = load("sink"), rig.ifindex[("r", "eth1")]
+        with in_netns(rig.lab.router):
+            created = libbpf.tc_hook_create(ifindex)
+            libbpf.tc_attach(ifindex, obj.program("tc_sink").fd, 0xEB, 0xEB00)
+        try:
+            return rig.drop_rate(lambda: percpu_total(obj.map("sink_count")), placement)
+        finally:
+            with in_netns(rig.lab.router):
+                libbpf.tc_detach(ifindex, 0xEB, 0xEB00)
+                if created:
+                    libbpf.tc_hook_destroy(ifindex)
+            obj.close()
+    fast = EbpfwDrop(rig, mode)
+    try:
+        return rig.drop_rate(fast.count, placement)
+    finally:
+        fast.close()
+
+
 def _drop_round(rig: Rig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for mode in DROP_MODES:
-        if mode == "nftables":
-            rate = rig.drop_rate(rig.nft_drop_count)
-        elif mode == "xdp-floor":
-            obj = load("sink")
-            with in_netns(rig.lab.router):
-                link = libbpf.xdp_attach(obj.program("sink"), rig.ifindex[("r", "eth1")], "native")
-            try:
-                rate = rig.drop_rate(lambda: percpu_total(obj.map("sink_count")))
-            finally:
-                link.close()
-                obj.close()
-        else:
-            fast = EbpfwDrop(rig, mode)
-            try:
-                rate = rig.drop_rate(fast.count)
-            finally:
-                fast.close()
-        out[mode] = vars(rate)
-        log(f"  drop {mode:11} {rate.pps / 1e6:6.3f} Mpps (offered {rate.offered_pps / 1e6:.2f}, "
-            f"router CPU {rate.router_cpu:.0%})")
+    for placement in DROP_PLACEMENTS:
+        for mode in DROP_MODES:
+            rate = _drop_one(rig, mode, placement)
+            out[f"{placement}/{mode}"] = vars(rate)
+            log(f"  drop {placement:9} {mode:11} {rate.pps / 1e6:6.3f} Mpps (offered "
+                f"{rate.offered_pps / 1e6:.2f}), router {rate.router_ns:6.0f} ns a packet")
     return out
 
 
@@ -338,7 +372,11 @@ def _summarise_forwarding(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, 
                               "offered_pps": summary([r[key]["offered_pps"] for r in rounds]),
                               "router_cpu": summary([r[key]["router_cpu"] for r in rounds]),
                               "router_steal": summary([r[key]["router_steal"] for r in rounds]),
-                              "x_kernel": summary([p / k for p, k in zip(pps, kernel)])}
+                              "x_kernel": summary([p / k for p, k in zip(pps, kernel)]),
+                              "router_ns": summary([r[key]["router_ns"] for r in rounds]),
+                              "x_kernel_ns": summary(
+                                  [r[f"{family}/{size}/kernel"]["router_ns"] / r[key]["router_ns"]
+                                   for r in rounds])}
                 minimal = f"ipv4-masq/{size}/xdp-minimal"
                 if mode != "xdp-minimal" and minimal in rounds[0]:
                     case[mode]["x_minimal"] = summary(
@@ -349,17 +387,24 @@ def _summarise_forwarding(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, 
 
 
 def _summarise_drop(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per placement and mode; x_nftables_cpu compares router CPU time per dropped packet."""
     out: dict[str, Any] = {}
-    for mode in DROP_MODES:
-        pps = [r[mode]["pps"] for r in rounds]
-        eff = [r[mode]["pps"] / max(r[mode]["router_cpu"], 1e-3) for r in rounds]
-        eff_n = [r["nftables"]["pps"] / max(r["nftables"]["router_cpu"], 1e-3) for r in rounds]
-        out[mode] = {"pps": summary(pps),
-                     "x_nftables_per_cpu": summary([e / n for e, n in zip(eff, eff_n)]),
-                     "offered_pps": summary([r[mode]["offered_pps"] for r in rounds]),
-                     "router_cpu": summary([r[mode]["router_cpu"] for r in rounds]),
-                     "router_steal": summary([r[mode]["router_steal"] for r in rounds]),
-                     "x_nftables": summary([p / r["nftables"]["pps"] for p, r in zip(pps, rounds)])}
-        if "xdp-floor" in rounds[0]:
-            out[mode]["x_floor"] = summary([p / r["xdp-floor"]["pps"] for p, r in zip(pps, rounds)])
+    for placement in DROP_PLACEMENTS:
+        case: dict[str, Any] = {}
+        for mode in DROP_MODES:
+            this = [r[f"{placement}/{mode}"] for r in rounds]
+            nft = [r[f"{placement}/nftables"] for r in rounds]
+            floor = [r[f"{placement}/xdp-floor"] for r in rounds]
+            case[mode] = {
+                "pps": summary([t["pps"] for t in this]),
+                "router_ns": summary([t["router_ns"] for t in this]),
+                "x_nftables_cpu": summary([n["router_ns"] / t["router_ns"]
+                                           for t, n in zip(this, nft)]),
+                "x_nftables": summary([t["pps"] / n["pps"] for t, n in zip(this, nft)]),
+                "x_floor_cpu": summary([f["router_ns"] / t["router_ns"]
+                                        for t, f in zip(this, floor)]),
+                "offered_pps": summary([t["offered_pps"] for t in this]),
+                "router_cpu": summary([t["router_cpu"] for t in this]),
+                "router_steal": summary([t["router_steal"] for t in this])}
+        out[placement] = case
     return out

@@ -49,12 +49,27 @@ TARGETS = (
            _dig("forwarding", "forwarding", "ipv4-masq/64", "tc", "x_kernel"), ">=", 1.7),
     Target("XDP generic >= 1.5x kernel packets/s (64 B, IPv4 + masquerade)",
            _dig("forwarding", "forwarding", "ipv4-masq/64", "xdp-generic", "x_kernel"), ">=", 1.5),
-    Target("FORWARD hit (IPv4 NAT) <= 6x the XDP_PASS floor",
-           _dig("perpacket", "figures", "hit_v4_nat_x_pass"), "<=", 6),
-    Target("early drop, XDP >= 5x the nftables drop rate",
-           _dig("forwarding", "early_drop", "xdp", "x_nftables"), ">=", 5),
-    Target("early drop, TC >= 5x the nftables drop rate",
-           _dig("forwarding", "early_drop", "tc", "x_nftables"), ">=", 5),
+    # issue #15: the absolute figures were set where the XDP_PASS floor was 6 ns; the same
+    # targets over the floor hold on any machine
+    Target("FORWARD hit, IPv4 TCP + SNAT <= 30 ns", _dig("perpacket", "figures", "hit_v4_nat"),
+           "<=", 30, " ns"),
+    Target("... <= 5x the XDP_PASS floor", _dig("perpacket", "figures", "hit_v4_nat_x_pass"),
+           "<=", 5),
+    Target("FORWARD hit, IPv6 TCP + SNAT <= 35 ns", _dig("perpacket", "figures", "hit_v6_nat"),
+           "<=", 35, " ns"),
+    Target("... <= 5.8x the floor (35 ns over 6 ns)",
+           _dig("perpacket", "figures", "hit_v6_nat_x_pass"), "<=", 5.8),
+    Target("DROP <= 20 ns", _dig("perpacket", "figures", "drop"), "<=", 20, " ns"),
+    Target("... <= 3.3x the floor (20 ns over 6 ns)", _dig("perpacket", "figures", "drop_x_pass"),
+           "<=", 3.3),
+    Target("miss (PENDING entry) <= 25 ns", _dig("perpacket", "figures", "pending"), "<=", 25,
+           " ns"),
+    Target("... <= 4.2x the floor (25 ns over 6 ns)",
+           _dig("perpacket", "figures", "pending_x_pass"), "<=", 4.2),
+    Target("early drop, XDP >= 5x nftables (per router CPU time, generator on the router's CPU)",
+           _dig("forwarding", "early_drop", "same-cpu", "xdp", "x_nftables_cpu"), ">=", 5),
+    Target("early drop, TC >= 5x nftables (same measurement)",
+           _dig("forwarding", "early_drop", "same-cpu", "tc", "x_nftables_cpu"), ">=", 5),
     Target("admission latency p99 < 50 ms", _dig("control", "admission_ms", "p99"), "<", 50, " ms"),
     Target("daemon CPU < 5 % of one core at 10k flows",
            _dig("control", "steady", "10000", "cpu_pct"), "<", 5, " %"),
@@ -124,10 +139,13 @@ def plot_all(res: Results) -> list[str]:
         ax.set_title("Router forwarding rate, one router CPU")
         made.append(_save(fig, "forwarding.png"))
     drop = res.get("forwarding", {}).get("early_drop")
-    if drop:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        _bars(ax, list(drop), {"drop rate": [drop[m]["pps"] for m in drop]}, 1e-6)
-        ax.set_ylabel("Mpps")
+    if drop and "same-cpu" in drop:
+        modes = list(drop["same-cpu"])
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        _bars(ax, modes, {f"generator {pl}": [drop[pl][m]["router_ns"] for m in modes]
+                          for pl in drop})
+        ax.set_yscale("log")
+        ax.set_ylabel("router CPU ns per dropped packet")
         ax.set_title("Early drop of a flow fw4 drops")
         made.append(_save(fig, "early_drop.png"))
     pp = res.get("perpacket", {}).get("figures")
@@ -205,15 +223,19 @@ def render(res: Results) -> str:
     out += _control(res.get("control"))
     out += _throughput(res.get("throughput"))
     out += _netlink(res.get("netlink"))
+    out += _fuzz(res.get("fuzz"))
     return "\n".join(out) + "\n"
 
 
 def _reruns(meta: Results) -> str:
-    later = [f"{name} re-run with `{r['command']}` on {r['date']}" + (
-                 f" ({r['cpus']} CPUs, {r['cpu_model']}, kernel {r['kernel']})"
-                 if "cpu_model" in r and (r["cpu_model"], r["kernel"]) !=
-                 (meta.get("cpu_model"), meta.get("kernel")) else "")
-             for name, r in meta.get("runs", {}).items() if r["command"] != meta.get("command")]
+    later = []
+    for name, r in meta.get("runs", {}).items():
+        if r["command"] == meta.get("command"):
+            continue
+        host = r.get("cpu_model", meta.get("cpu_model"))
+        other = "" if host == meta.get("cpu_model") else \
+            f" on another machine ({host}, kernel {r.get('kernel', '?')})"
+        later.append(f"{name} re-run with `{r['command']}` on {r['date']}{other}")
     return f" ({'; '.join(later)})" if later else ""
 
 
@@ -254,6 +276,36 @@ def _perpacket(pp: Results | None) -> list[str]:
                 f"run ({pt['repeat']:,} runs), {pt['forwarded']} runs were forwarded and "
                 f"{pt['passed_ttl']} passed for TTL <= 1: every hit decrements the TTL of the one "
                 "buffer, so the pair trick measures the TTL check, not the hit."]
+    out += ["", "The absolute targets of issue #15 were set on a machine whose XDP_PASS floor was "
+            "6 ns; each is also given as the same multiple of the floor, which carries over to "
+            "another machine (on this one the floor is "
+            f"{_fmt(f['pass']['median'], 1)} ns: a test run here costs what five did there)."]
+    ins = pp.get("instructions")
+    if ins:
+        st, ld = ins["static"], ins["loaded"]
+        out += ["", "Instructions of each program (ELF: instruction slots in the object, a 64-bit "
+                "immediate counts two; xlated and JIT: as loaded by this kernel; verified: "
+                f"instructions the verifier processed). Loaded: `{ins['loaded_object']}`; the "
+                "big-endian object cannot be loaded or verified on this little-endian kernel.", "",
+                "| program | ELF LE | ELF BE | xlated | JIT bytes | verified |",
+                "|---|---|---|---|---|---|"]
+        for prog in st["le"]:
+            out.append(f"| `{prog}` | {st['le'][prog]} | {st['be'][prog]} | "
+                       f"{ld[prog]['xlated']} | {ld[prog]['jited_bytes']} | "
+                       f"{ld[prog]['verified']:,} |")
+    est = pp.get("estimate_880mhz")
+    if est:
+        out += ["", f"At 880 MHz (MT7621), estimated from cycles measured here ({pp['host_mhz']:.0f} "
+                "MHz, no cycle counter in this VM, so ns x clock): the program's own time is the "
+                "case minus the floor (the floor is the test-run loop), taken as the same number "
+                "of cycles on the router. An upper bound: an in-order MIPS core does fewer "
+                "instructions per cycle, its 32-bit JIT needs about two instructions per 64-bit "
+                "BPF operation, and the driver's receive and transmit come on top.", "",
+                "| case | program ns here | cycles | packets/s per 880 MHz core |",
+                "|---|---|---|---|"]
+        for name, e in est.items():
+            out.append(f"| {pp['cases'].get(name, name)} | {e['own_ns']:.0f} | {e['cycles']:.0f} | "
+                       f"{e['pps'] / 1e6:.2f} M |")
     return out + ["", _img("perpacket.png"), ""]
 
 
@@ -271,10 +323,11 @@ def _forwarding(fw: Results | None) -> list[str]:
            "busy share of the router's CPU from /proc/stat (irq and softirq included) and, in "
            "brackets, the share the hypervisor stole. `x kernel per CPU` divides each rate by the "
            "router CPU share it had first (a check on the raw ratio when the share moved between "
-           "windows).", "",
+           "windows); `router ns per packet` is the CPU time of the router's NAPI threads per "
+           "forwarded packet (schedstat), which other work on a shared machine does not change.", "",
            "| case | mode | Mpps | x kernel | x kernel per CPU | x minimal XDP | offered Mpps | "
-           "router CPU (steal) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "router CPU (steal) | router ns per packet | x kernel (ns) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for case, modes in f.items():
         if "/" not in case:
             continue
@@ -282,7 +335,8 @@ def _forwarding(fw: Results | None) -> list[str]:
             out.append(f"| {case} B | {mode} | {_mmm(v['pps'], 1e-6, 3)} | {_mmm(v['x_kernel'])} | "
                        f"{_mmm(v.get('x_kernel_per_cpu'))} | "
                        f"{_mmm(v.get('x_minimal')) if v.get('x_minimal') else ''} | "
-                       f"{_mmm(v['offered_pps'], 1e-6)} | {_cpu(v)} |")
+                       f"{_mmm(v['offered_pps'], 1e-6)} | {_cpu(v)} | "
+                       f"{_mmm(v.get('router_ns'), digits=0)} | {_mmm(v.get('x_kernel_ns'))} |")
     return out + ["", _img("forwarding.png"), ""]
 
 
@@ -294,23 +348,33 @@ def _cpu(v: dict[str, Any]) -> str:
 
 
 def _drop(fw: Results | None) -> list[str]:
-    if not fw or "early_drop" not in fw:
+    if not fw or "same-cpu" not in fw.get("early_drop", {}):
         return []
     d = fw["early_drop"]
     out = ["## Early drop", "",
            "A UDP flow from the WAN side that fw4 drops (WAN in, WAN out: `drop_to_wan`), "
            "generated on the server's veth into the router. nftables: the fw4 drop rule's "
            "counter. ebpfw: a DROP entry for the flow in the flow table of a fast path the "
-           "benchmark loads itself (the daemon does not keep entries it did not write), its DROP "
-           "counter. ",
-           "`xdp-floor` is the cheapest XDP drop there is (count and XDP_DROP) on the same "
-           "device: the ceiling of any XDP drop on this veth rig.", "",
-           "| mode | Mpps dropped | x nftables | x nftables per CPU | x XDP floor | offered Mpps | "
-           "router CPU (steal) |", "|---|---|---|---|---|---|---|"]
-    for mode, v in d.items():
-        out.append(f"| {mode} | {_mmm(v['pps'], 1e-6, 3)} | {_mmm(v['x_nftables'])} | "
-                   f"{_mmm(v.get('x_nftables_per_cpu'))} | {_mmm(v.get('x_floor'))} | "
-                   f"{_mmm(v['offered_pps'], 1e-6)} | {_cpu(v)} |")
+           "benchmark loads itself, its DROP counter. `xdp-floor` and `tc-floor` are the "
+           "cheapest drops there are at each hook (count and drop, bench/bpf/sink.c) on the same "
+           "device: what any drop there costs before the program does anything. The measure is the router's CPU time per "
+           "dropped packet (its NAPI threads' schedstat runtime over the packets counted), which "
+           "the other work on a shared machine does not change; packets/s is shown beside it.", "",
+           "Why the generator now shares the router's CPU: with it on the other CPU, every frame "
+           "the router drops goes back to the generator's page_pool through the pool's ptr_ring, "
+           "whose producer lock the generator also takes for the frames the full veth ring "
+           "refuses; the router spun on that lock (`__pv_queued_spin_lock_slowpath` under "
+           "`page_pool_put_unrefed_netmem`), so the rig, not the drop, set the rate. A NIC "
+           "recycles an XDP_DROP page into its own pool on its own CPU, without a lock. The "
+           "cross-CPU figures are kept below for comparison.", "",
+           "| generator | mode | router ns per packet | x nftables (CPU) | x XDP floor (CPU) | "
+           "Mpps dropped | x nftables (Mpps) | offered Mpps |", "|---|---|---|---|---|---|---|---|"]
+    for placement, modes in d.items():
+        for mode, v in modes.items():
+            out.append(f"| {placement} | {mode} | {_mmm(v['router_ns'], digits=0)} | "
+                       f"{_mmm(v['x_nftables_cpu'])} | {_mmm(v['x_floor_cpu'])} | "
+                       f"{_mmm(v['pps'], 1e-6, 3)} | {_mmm(v['x_nftables'])} | "
+                       f"{_mmm(v['offered_pps'], 1e-6)} |")
     return out + ["", _img("early_drop.png"), ""]
 
 
@@ -382,6 +446,18 @@ def _netlink(n: Results | None) -> list[str]:
             f"| one request per tuple (`lookup`) | {_mmm(n['lookup_per_s_single'], digits=0)} |",
             f"| batched (`lookup_many`) | {_mmm(n['lookup_per_s_batched'], digits=0)} |", ""]
     return out
+def _fuzz(f: Results | None) -> list[str]:
+    if not f:
+        return []
+    verdict = "every frame did what the model says" if f["passed"] else \
+        f"**failed**: `{f['summary']}`"
+    return ["## Fuzzing the fast path", "",
+            f"`tests/test_fastpath_fuzz.py` with {f['examples_per_instance']:,} examples for each "
+            f"of {f['instances']} hook and flow kinds ({f['frames']:,} frames, each also cut at "
+            f"every offset), seed {f['seed']}: {verdict} ({f['fuzz_seconds']:.0f} s). `make test` "
+            "runs the same test derandomized on a small budget. Replay: "
+            f"`EBPFW_FUZZ_SEED={f['seed']} EBPFW_FUZZ_EXAMPLES={f['examples_per_instance']} "
+            ".venv/bin/python -m pytest tests/test_fastpath_fuzz.py`.", ""]
 
 
 def main() -> None:

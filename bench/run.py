@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """`make bench`: every benchmark, its JSON in bench/results/, then plots and docs/BENCHMARKS.md.
 
-    python bench/run.py                     # all (about 15 minutes)
+    python bench/run.py                     # all but fuzz (about 17 minutes)
     python bench/run.py perpacket control   # some; the others' earlier JSON stays
+    python bench/run.py fuzz                # the long fuzz budget (bench/fuzz.py), on demand
     python bench/run.py --report            # only regenerate plots and the Markdown
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import common  # noqa: E402
 import control  # noqa: E402
 import forwarding  # noqa: E402
 import netlink_cost  # noqa: E402
+import fuzz  # noqa: E402
 import perpacket  # noqa: E402
 import report  # noqa: E402
 import throughput  # noqa: E402
@@ -33,10 +35,13 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "control": control.run,
     "throughput": throughput.run,
     "netlink": netlink_cost.run,
+    "fuzz": fuzz.run,
 }
 
 
 BENCHMARKS_FIRST = next(iter(BENCHMARKS))
+ON_DEMAND = ("fuzz",)   # not part of a plain `make bench`
+DEFAULT = [n for n in BENCHMARKS if n not in ON_DEMAND]
 
 
 def _cpu_model() -> str:
@@ -64,7 +69,7 @@ def main() -> int:
             return 1
         common.build_programs()
         start, failed = time.monotonic(), []
-        for name in args.only or list(BENCHMARKS):
+        for name in args.only or DEFAULT:
             common.log(f"== {name}")
             t0 = time.monotonic()
             try:
@@ -79,14 +84,14 @@ def main() -> int:
         meta = json.loads(meta_path.read_text()) if args.only and meta_path.exists() else {}
         command = "make bench" if not args.only else f"bench/run.py {' '.join(args.only)}"
         meta.setdefault("runs", {})
-        machine = {"kernel": platform.release(), "cpus": os.cpu_count(),
-                   "cpu_model": _cpu_model()}
-        for name in args.only or list(BENCHMARKS):
-            meta["runs"][name] = {"command": command, **machine,
-                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        if not args.only:   # a partial run keeps the full run's machine in the header
+        host = {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": _cpu_model()}
+        for name in args.only or DEFAULT:
+            meta["runs"][name] = {"command": command,
+                                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  **host}
+        if not args.only:   # the header names the machine of the full run
             meta.update({"command": command, "date": meta["runs"][BENCHMARKS_FIRST]["date"],
-                         "seconds": time.monotonic() - start, **machine})
+                         "seconds": time.monotonic() - start, **host})
         meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     report.main()
     common.log(f"wrote {report.DOC.relative_to(common.ROOT)} and plots in "

@@ -15,17 +15,32 @@
 
 /* Headers the TC program wants in the linear part of the skb */
 #define TC_PULL_LEN	(L2_MAX_LEN + sizeof(struct ipv6hdr) + sizeof(struct tcphdr))
+#define NSEC_PER_SEC	1000000000ULL
+
+/* One key serves both tables: IPv4 hashes its first 24 bytes */
+_Static_assert(sizeof(struct ebpfw_key4) == 24 && sizeof(struct ebpfw_key6) == 48,
+	       "flow keys without padding");
+_Static_assert(offsetof(struct ebpfw_key4, saddr) == offsetof(struct ebpfw_key6, saddr),
+	       "flow keys share their head");
 
 const volatile struct ebpfw_config ebpfw_cfg SEC(".rodata.config") = {
-	.heartbeat_timeout_ns = 5000000000ULL,
+	.heartbeat_timeout_ns = 5 * NSEC_PER_SEC,
+	.event_interval_ns = NSEC_PER_SEC / 256,
+	.event_burst_ns = NSEC_PER_SEC,
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EBPFW_FLOWS_DEFAULT);
-	__type(key, struct ebpfw_flow_key);
-	__type(value, struct ebpfw_flow);
-} ebpfw_flows SEC(".maps");
+#define FLOW_TABLE(name, key_type, entries)			\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);		\
+		__uint(max_entries, entries);			\
+		__type(key, key_type);				\
+		__type(value, struct ebpfw_flow);		\
+	} name SEC(".maps")
+
+FLOW_TABLE(ebpfw_flows4, struct ebpfw_key4, EBPFW_FLOWS_DEFAULT);
+FLOW_TABLE(ebpfw_flows6, struct ebpfw_key6, EBPFW_FLOWS_DEFAULT);
+FLOW_TABLE(ebpfw_pending4, struct ebpfw_key4, EBPFW_PENDING_DEFAULT);
+FLOW_TABLE(ebpfw_pending6, struct ebpfw_key6, EBPFW_PENDING_DEFAULT);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -72,15 +87,6 @@ static __always_inline enum verdict pass(struct ebpfw_stats *st, __u32 reason)
 	return V_PASS;
 }
 
-static __always_inline void notify(struct ebpfw_stats *st, const struct ebpfw_flow_key *key,
-				   __u32 type)
-{
-	struct ebpfw_event ev = { .key = *key, .type = type };
-
-	if (bpf_ringbuf_output(&ebpfw_events, &ev, sizeof(ev), 0))
-		count(st, EBPFW_CNT_EVENT_LOST);
-}
-
 /*
  * Fail open: without a live daemon nobody keeps the flow table true. Signed,
  * because the coarse clock may lag the fine one the daemon wrote by a tick.
@@ -95,26 +101,107 @@ static __always_inline bool heartbeat_fresh(__u64 now)
 }
 
 /*
- * Unknown flow: note it once for the daemon (BPF_NOEXIST makes it once). The
- * fine clock, once per flow: the daemon measures admission latency from it.
+ * Every use of time is at tick resolution, so each CPU reads the clock and
+ * judges the heartbeat once per tick; jiffies (a plain load on 64-bit JITs)
+ * says when the tick changed.
+ */
+static __always_inline void clock_tick(struct ebpfw_stats *st)
+{
+	__u64 tick = bpf_jiffies64();
+
+	if (tick == st->tick)
+		return;
+	st->tick = tick;
+	st->now_ns = bpf_ktime_get_coarse_ns();
+	st->fresh = heartbeat_fresh(st->now_ns);
+}
+
+/*
+ * Each map helper call must name one map: were the compiler to merge the IPv4
+ * and the IPv6 call into one taking either map, the verifier could not inline
+ * the lookup for its map and every packet would pay the generic helper. The
+ * empty asm on the IPv4 side keeps the two calls apart.
+ */
+#define KEEP_APART(x)	asm volatile("" : "+r"(x))
+
+/* The decided or the pending entry of the packet's flow, by address family */
+static __always_inline struct ebpfw_flow *lookup(void *table4, void *table6, struct pkt *p)
+{
+	struct ebpfw_flow *f;
+
+	if (p->l3proto == EBPFW_L3_IPV4) {
+		f = bpf_map_lookup_elem(table4, &p->key.v4);
+		KEEP_APART(f);
+	} else {
+		f = bpf_map_lookup_elem(table6, &p->key.v6);
+	}
+	return f;
+}
+
+static __always_inline void notify(struct ebpfw_stats *st, const struct pkt *p, __u32 type)
+{
+	struct ebpfw_event ev = { .type = type, .l3proto = p->l3proto };
+
+	if (p->l3proto == EBPFW_L3_IPV4)
+		ev.key.v4 = p->key.v4;
+	else
+		ev.key.v6 = p->key.v6;
+	if (bpf_ringbuf_output(&ebpfw_events, &ev, sizeof(ev), 0))
+		count(st, EBPFW_CNT_EVENT_LOST);
+}
+
+/* Token bucket of NEW events, per CPU, on the tick clock */
+static __always_inline bool event_allowed(struct ebpfw_stats *st)
+{
+	__u64 credit = st->ev_credit_ns + (st->now_ns - st->ev_clock_ns);
+
+	if (!ebpfw_cfg.event_interval_ns)
+		return true;
+	if (credit > ebpfw_cfg.event_burst_ns)
+		credit = ebpfw_cfg.event_burst_ns;
+	st->ev_clock_ns = st->now_ns;
+	if (credit < ebpfw_cfg.event_interval_ns) {
+		st->ev_credit_ns = credit;
+		count(st, EBPFW_CNT_EVENT_SHED);
+		return false;
+	}
+	st->ev_credit_ns = credit - ebpfw_cfg.event_interval_ns;
+	return true;
+}
+
+/*
+ * Unknown flow: note it once for the daemon in the pending table (BPF_NOEXIST
+ * makes it once). The fine clock, once per flow: the daemon measures
+ * admission latency from it.
  */
 static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt *p)
 {
-	struct ebpfw_flow pending = { .state = EBPFW_PENDING, .last_seen_ns = bpf_ktime_get_ns() };
+	struct ebpfw_flow pending = { .state = EBPFW_PENDING };
+	long err;
 
+	if (lookup(&ebpfw_pending4, &ebpfw_pending6, p))
+		return pass(st, EBPFW_PASS_PENDING);
 	if (p->tcp_flags & (TCPF_FIN_ | TCPF_RST_))
 		return pass(st, EBPFW_PASS_TCP_CLOSE);
-	if (!bpf_map_update_elem(&ebpfw_flows, &p->key, &pending, BPF_NOEXIST))
-		notify(st, &p->key, EBPFW_EV_NEW);
+	pending.last_seen_ns = bpf_ktime_get_ns();
+	if (p->l3proto == EBPFW_L3_IPV4) {
+		err = bpf_map_update_elem(&ebpfw_pending4, &p->key.v4, &pending, BPF_NOEXIST);
+		KEEP_APART(err);
+	} else {
+		err = bpf_map_update_elem(&ebpfw_pending6, &p->key.v6, &pending, BPF_NOEXIST);
+	}
+	if (!err && event_allowed(st))
+		notify(st, p, EBPFW_EV_NEW);
 	return pass(st, EBPFW_PASS_MISS);
 }
 
 /* A packet the fast path handles itself (forwarded or dropped) */
-static __always_inline void account(struct ebpfw_flow *f, const struct pkt *p, __u64 now)
+static __always_inline void account(struct ebpfw_stats *st, struct ebpfw_flow *f,
+				    const struct pkt *p)
 {
 	f->packets++;
 	f->bytes += p->l3_len;
-	f->last_seen_ns = now;
+	f->last_seen_ns = st->now_ns;
 }
 
 /*
@@ -124,14 +211,12 @@ static __always_inline void account(struct ebpfw_flow *f, const struct pkt *p, _
 static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p,
 					   struct ebpfw_flow **flow, bool xdp)
 {
-	/* CLOCK_MONOTONIC at tick resolution: every use is in seconds, and the fine
-	 * clock costs ~20 ns a packet in a VM (a third of a DROP) */
-	__u64 now = bpf_ktime_get_coarse_ns();
 	struct ebpfw_flow *f;
 
-	if (!heartbeat_fresh(now))
+	clock_tick(st);
+	if (!st->fresh)
 		return pass(st, EBPFW_PASS_HEARTBEAT);
-	f = bpf_map_lookup_elem(&ebpfw_flows, &p->key);
+	f = lookup(&ebpfw_flows4, &ebpfw_flows6, p);
 	if (!f)
 		return flow_miss(st, p);
 
@@ -139,9 +224,9 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	case EBPFW_PENDING:
 		return pass(st, EBPFW_PASS_PENDING);
 	case EBPFW_DROP:
-		if (now >= f->expires_ns)
+		if (st->now_ns >= f->expires_ns)
 			return pass(st, EBPFW_PASS_DROP_EXPIRED);
-		account(f, p, now);
+		account(st, f, p);
 		count(st, EBPFW_CNT_DROP);
 		return V_DROP;
 	case EBPFW_FORWARD:
@@ -155,7 +240,7 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	if (p->tcp_flags & (TCPF_FIN_ | TCPF_RST_)) {
 		/* the stack sees the close and conntrack follows it */
 		f->flags |= EBPFW_F_CLOSING;
-		notify(st, &p->key, EBPFW_EV_CLOSING);
+		notify(st, p, EBPFW_EV_CLOSING);
 		return pass(st, EBPFW_PASS_TCP_CLOSE);
 	}
 	if (p->tcp_flags & TCPF_SYN_)
@@ -164,11 +249,10 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 		return pass(st, EBPFW_PASS_OTHER_HOOK);
 	if (p->ttl <= 1)
 		return pass(st, EBPFW_PASS_TTL);
-	if (p->key.l3proto == EBPFW_L3_IPV6 && p->key.l4proto == IPPROTO_UDP &&
+	if (p->l3proto == EBPFW_L3_IPV6 && p->key.v6.l4proto == IPPROTO_UDP &&
 	    ((struct udphdr *)p->l4)->check == 0)
 		return pass(st, EBPFW_PASS_UDP_ZERO_CSUM);
 
-	account(f, p, now);
 	*flow = f;
 	return V_FORWARD;
 }
@@ -185,15 +269,16 @@ int ebpfw_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct pkt p = { .key.ifindex = ctx->ingress_ifindex, .key.dsa_port = EBPFW_NO_DSA_PORT };
 	struct ebpfw_stats *st = stats();
+	struct pkt p;
 	struct ebpfw_flow *f = NULL;
-	__u32 l2_out, oif;
+	__u32 l2_out;
 	int ret;
 
 	if (!st)
 		return XDP_PASS;
 	count(st, EBPFW_CNT_RX);
+	pkt_init(&p, ctx->ingress_ifindex);
 	if ((ret = parse_packet(data, end, end - data, &p))) {
 		pass(st, ret);
 		return XDP_PASS;
@@ -212,8 +297,9 @@ int ebpfw_xdp(struct xdp_md *ctx)
 		pass(st, EBPFW_PASS_MTU);
 		return XDP_PASS;
 	}
-	oif = f->oif;
-	if (!bpf_map_lookup_elem(&ebpfw_tx, &oif)) {
+	/* One call looks the egress up and notes the redirect; nothing has been
+	 * changed yet if the device is not there */
+	if (bpf_redirect_map(&ebpfw_tx, f->oif, XDP_PASS) != XDP_REDIRECT) {
 		pass(st, EBPFW_PASS_NO_TX);
 		return XDP_PASS;
 	}
@@ -221,19 +307,22 @@ int ebpfw_xdp(struct xdp_md *ctx)
 	/* Move the IP header's start to match the egress L2 length first: if
 	 * that fails, nothing has been changed yet. */
 	l2_out = l2_len_out(f);
-	if (bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
-		pass(st, EBPFW_PASS_L2_REWRITE);
-		return XDP_PASS;
+	if (l2_out != p.l2_len) {
+		if (bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
+			pass(st, EBPFW_PASS_L2_REWRITE);
+			return XDP_PASS;
+		}
+		data = (void *)(long)ctx->data;
+		end = (void *)(long)ctx->data_end;
 	}
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
 	if (l2_out > L2_MAX_LEN || write_l2(data, end, f, &p) ||
 	    rewrite_l3l4(data + l2_out, end, f, &p, 1)) {
 		count(st, EBPFW_CNT_REWRITE_ERROR);
 		return XDP_DROP;
 	}
+	account(st, f, &p);
 	count(st, EBPFW_CNT_FORWARD);
-	return bpf_redirect_map(&ebpfw_tx, oif, 0);
+	return XDP_REDIRECT;
 }
 
 /* L3 length of each segment the egress will send (GSO: per segment) */
@@ -275,8 +364,8 @@ static __always_inline int tc_adjust_l2(struct __sk_buff *ctx, const struct pkt 
 SEC("tc")
 int ebpfw_tc(struct __sk_buff *ctx)
 {
-	struct pkt p = { .key.ifindex = ctx->ifindex, .key.dsa_port = EBPFW_NO_DSA_PORT };
 	struct ebpfw_stats *st = stats();
+	struct pkt p;
 	struct ebpfw_flow *f = NULL;
 	__u32 l2_out, l4_check, csum_flags, l4_diff_addr, l4_diff_port;
 	void *data, *end;
@@ -289,10 +378,11 @@ int ebpfw_tc(struct __sk_buff *ctx)
 		bpf_skb_pull_data(ctx, ctx->len < TC_PULL_LEN ? ctx->len : TC_PULL_LEN);
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
+	pkt_init(&p, ctx->ifindex);
 
 	/* the kernel moves the outer tag of a received frame into metadata */
 	if (ctx->vlan_present) {
-		p.key.vlan[0] = ctx->vlan_tci & 0x0fff;
+		p.key.v6.vlan[0] = ctx->vlan_tci & 0x0fff;
 		p.vlans = 1;
 	}
 	if ((ret = parse_packet(data, end, ctx->len, &p))) {
@@ -322,7 +412,7 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	l4_check = l2_out + (p.l4 - p.l3) + l4_csum_off(&p);
 	l4_diff_addr = f->csum_addr;
 	l4_diff_port = f->csum_port;
-	csum_flags = p.key.l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	csum_flags = p.key.v6.l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	if (tc_adjust_l2(ctx, &p, l2_out))
 		goto error;
 	data = (void *)(long)ctx->data;
@@ -335,6 +425,7 @@ int ebpfw_tc(struct __sk_buff *ctx)
 		    bpf_l4_csum_replace(ctx, l4_check, 0, l4_diff_port, csum_flags))
 			goto error;
 	}
+	account(st, f, &p);
 	count(st, EBPFW_CNT_FORWARD);
 	return bpf_redirect(f->oif, 0);
 error:

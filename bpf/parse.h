@@ -27,6 +27,14 @@
 #define TCPF_SYN_	0x02
 #define TCPF_RST_	0x04
 
+/* struct ethhdr is packed, which makes the compiler read h_proto a byte at a
+ * time; frames start 2-byte aligned, so this one is not */
+struct eth_hdr_ {
+	__u8 h_dest[ETH_ALEN];
+	__u8 h_source[ETH_ALEN];
+	__be16 h_proto;
+};
+
 struct vlan_hdr_ {
 	__be16 tci;
 	__be16 proto;
@@ -55,13 +63,14 @@ static __always_inline int cursor_has(const struct cursor *c, __u32 len)
 
 /* What the parser learned about one packet */
 struct pkt {
-	struct ebpfw_flow_key key;
+	union ebpfw_key key;	/* head fields through key.v6, addresses per family */
 	void *l3;		/* IPv4 / IPv6 header */
 	void *l4;		/* TCP / UDP header */
 	__u16 l2_len;		/* L2 bytes in the packet data before l3 */
 	__u16 l3_len;		/* IPv4 tot_len or IPv6 40 + payload_len */
 	__u16 pppoe_len;	/* PPPoE length field */
-	__u8 vlans;		/* tags in key.vlan (in data or in skb metadata) */
+	__u8 l3proto;		/* EBPFW_L3_* */
+	__u8 vlans;		/* tags in key vlan[] (in data or in skb metadata) */
 	__u8 data_vlans;	/* of those, tags in the packet data */
 	__u8 pppoe;		/* PPPoE session header present */
 	__u8 tcp_flags;
@@ -69,9 +78,24 @@ struct pkt {
 	__u8 ttl;
 };
 
+/* What the parser starts from; it writes every other field it reads (the
+ * key's addresses and ports, for one, need no zeroing) */
+static __always_inline void pkt_init(struct pkt *p, __u32 ifindex)
+{
+	p->key.v6.ifindex = ifindex;
+	p->key.v6.vlan[0] = 0;
+	p->key.v6.vlan[1] = 0;
+	p->key.v6.pppoe_sid = 0;
+	p->key.v6.dsa_port = EBPFW_NO_DSA_PORT;
+	p->vlans = 0;
+	p->data_vlans = 0;
+	p->pppoe = 0;
+	p->tcp_flags = 0;
+}
+
 static __always_inline int parse_eth(struct cursor *c, __be16 *proto)
 {
-	struct ethhdr *eth = c->pos;
+	struct eth_hdr_ *eth = c->pos;
 
 	if ((void *)(eth + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
@@ -99,7 +123,12 @@ static __always_inline int parse_vlan(struct cursor *c, struct pkt *p, __be16 *p
 		return EBPFW_PASS_L2;
 	if ((void *)(vh + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
-	p->key.vlan[p->vlans & 1] = bpf_ntohs(vh->tci) & 0x0fff;
+	/* a branch, not vlan[p->vlans]: an indexed stack address is one the
+	 * compiler may build with an OR, which the verifier refuses */
+	if (p->vlans)
+		p->key.v6.vlan[1] = bpf_ntohs(vh->tci) & 0x0fff;
+	else
+		p->key.v6.vlan[0] = bpf_ntohs(vh->tci) & 0x0fff;
 	p->vlans++;
 	p->data_vlans++;
 	*proto = vh->proto;
@@ -123,7 +152,7 @@ static __always_inline int parse_pppoe(struct cursor *c, struct pkt *p, __be16 *
 		*proto = bpf_htons(ETH_P_IPV6);
 	else
 		return EBPFW_PASS_NOT_IP;	/* LCP, IPCP, ... */
-	p->key.pppoe_sid = bpf_ntohs(ph->sid);
+	p->key.v6.pppoe_sid = bpf_ntohs(ph->sid);
 	p->pppoe_len = bpf_ntohs(ph->length);
 	p->pppoe = 1;
 	c->pos = ph + 1;
@@ -136,10 +165,8 @@ static __always_inline int parse_ipv4(struct cursor *c, struct pkt *p)
 
 	if ((void *)(ip + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
-	if (ip->version != 4)
-		return EBPFW_PASS_NOT_IP;
-	if (ip->ihl != 5)
-		return EBPFW_PASS_IP_OPTIONS;
+	if (*(__u8 *)ip != 0x45)	/* version 4, no options: one test on the hot path */
+		return ip->version != 4 ? EBPFW_PASS_NOT_IP : EBPFW_PASS_IP_OPTIONS;
 	if (ip->frag_off & bpf_htons(0x3fff))	/* MF or an offset */
 		return EBPFW_PASS_FRAGMENT;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
@@ -147,10 +174,10 @@ static __always_inline int parse_ipv4(struct cursor *c, struct pkt *p)
 	p->l3_len = bpf_ntohs(ip->tot_len);
 	if (p->l3_len < sizeof(*ip) || !cursor_has(c, p->l3_len))
 		return EBPFW_PASS_TRUNCATED;
-	p->key.l3proto = EBPFW_L3_IPV4;
-	p->key.l4proto = ip->protocol;
-	p->key.saddr[0] = ip->saddr;
-	p->key.daddr[0] = ip->daddr;
+	p->l3proto = EBPFW_L3_IPV4;
+	p->key.v6.l4proto = ip->protocol;
+	p->key.v4.saddr = ip->saddr;
+	p->key.v4.daddr = ip->daddr;
 	p->ttl = ip->ttl;
 	p->l3 = ip;
 	c->pos = ip + 1;
@@ -176,6 +203,7 @@ static __always_inline int is_ipv6_ext(__u8 nexthdr)
 static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 {
 	struct ipv6hdr *ip6 = c->pos;
+	__u32 l3_len;
 
 	if ((void *)(ip6 + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
@@ -183,40 +211,54 @@ static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 		return EBPFW_PASS_NOT_IP;
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return is_ipv6_ext(ip6->nexthdr) ? EBPFW_PASS_IPV6_EXT : EBPFW_PASS_L4_PROTO;
-	p->l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-	if (p->l3_len == sizeof(*ip6) || !cursor_has(c, p->l3_len))
+	/* 32 bits: 40 + 65535 would wrap in l3_len and pass for a short packet */
+	l3_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	if (l3_len == sizeof(*ip6) || l3_len > 0xffff || !cursor_has(c, l3_len))
 		return EBPFW_PASS_TRUNCATED;	/* jumbogram or cut short */
-	p->key.l3proto = EBPFW_L3_IPV6;
-	p->key.l4proto = ip6->nexthdr;
-	__builtin_memcpy(p->key.saddr, &ip6->saddr, sizeof(p->key.saddr));
-	__builtin_memcpy(p->key.daddr, &ip6->daddr, sizeof(p->key.daddr));
+	p->l3_len = l3_len;
+	p->l3proto = EBPFW_L3_IPV6;
+	p->key.v6.l4proto = ip6->nexthdr;
+	__builtin_memcpy(p->key.v6.saddr, &ip6->saddr, sizeof(p->key.v6.saddr));
+	__builtin_memcpy(p->key.v6.daddr, &ip6->daddr, sizeof(p->key.v6.daddr));
 	p->ttl = ip6->hop_limit;
 	p->l3 = ip6;
 	c->pos = ip6 + 1;
 	return 0;
 }
 
+/*
+ * The L4 header must lie within the IP payload, not only within the frame:
+ * conntrack calls anything else invalid, and the rewrite would touch bytes
+ * past the packet.
+ */
 static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 {
-	if (p->key.l4proto == IPPROTO_TCP) {
+	__u32 payload = p->l3_len - (p->l3proto == EBPFW_L3_IPV4 ? sizeof(struct iphdr)
+								 : sizeof(struct ipv6hdr));
+
+	if (p->key.v6.l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = c->pos;
 
 		if ((void *)(th + 1) > c->end)
 			return EBPFW_PASS_TRUNCATED;
-		if (th->doff < 5)
+		if (th->doff < 5 || th->doff * 4 > payload)
 			return EBPFW_PASS_TRUNCATED;
 		p->tcp_flags = ((__u8 *)th)[13];
-		p->key.sport = th->source;
-		p->key.dport = th->dest;
+		p->key.v6.sport = th->source;
+		p->key.v6.dport = th->dest;
 		p->l4_hlen = th->doff * 4;
 		p->l4 = th;
 	} else {
 		struct udphdr *uh = c->pos;
+		__u32 ulen;
 
 		if ((void *)(uh + 1) > c->end)
 			return EBPFW_PASS_TRUNCATED;
-		p->key.sport = uh->source;
-		p->key.dport = uh->dest;
+		ulen = bpf_ntohs(uh->len);
+		if (ulen < sizeof(*uh) || ulen > payload)
+			return EBPFW_PASS_TRUNCATED;
+		p->key.v6.sport = uh->source;
+		p->key.v6.dport = uh->dest;
 		p->l4_hlen = sizeof(*uh);
 		p->l4 = uh;
 	}

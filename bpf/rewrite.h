@@ -35,6 +35,17 @@ static __always_inline __u32 l2_len_out(const struct ebpfw_flow *f)
 	return f->flags & EBPFW_F_PPPOE ? len + PPPOE_HLEN : len;
 }
 
+/* Both ends 2-byte aligned (the frame, the flow value): three stores, not six */
+static __always_inline void copy_mac(void *dst, const __u8 *src)
+{
+	__u16 *d = dst;
+	const __u16 *s = (const __u16 *)src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 /* Writes the egress L2 header; data .. data + l2_len_out(f) is in bounds */
 static __always_inline int write_l2(void *data, void *end, const struct ebpfw_flow *f,
 				    const struct pkt *p)
@@ -44,8 +55,8 @@ static __always_inline int write_l2(void *data, void *end, const struct ebpfw_fl
 
 	if (data + L2_MAX_LEN > end)
 		return -1;
-	__builtin_memcpy(eth->h_dest, f->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, f->smac, ETH_ALEN);
+	copy_mac(eth->h_dest, f->dmac);
+	copy_mac(eth->h_source, f->smac);
 	if (f->vlans >= 1) {
 		w[0] = f->vlan_tpid;
 		w[1] = bpf_htons(f->vlan_tci[0]);
@@ -61,9 +72,9 @@ static __always_inline int write_l2(void *data, void *end, const struct ebpfw_fl
 		w[1] = bpf_htons(0x1100);	/* version 1, type 1, code 0 */
 		w[2] = bpf_htons(f->pppoe_sid);
 		w[3] = bpf_htons(p->l3_len + 2);
-		w[4] = bpf_htons(p->key.l3proto == EBPFW_L3_IPV4 ? PPP_IP_ : PPP_IPV6_);
+		w[4] = bpf_htons(p->l3proto == EBPFW_L3_IPV4 ? PPP_IP_ : PPP_IPV6_);
 	} else {
-		w[0] = bpf_htons(p->key.l3proto == EBPFW_L3_IPV4 ? ETH_P_IP : ETH_P_IPV6);
+		w[0] = bpf_htons(p->l3proto == EBPFW_L3_IPV4 ? ETH_P_IP : ETH_P_IPV6);
 	}
 	return 0;
 }
@@ -71,7 +82,7 @@ static __always_inline int write_l2(void *data, void *end, const struct ebpfw_fl
 /* Offset of the L4 checksum field from the L4 header */
 static __always_inline __u32 l4_csum_off(const struct pkt *p)
 {
-	return p->key.l4proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
+	return p->key.v6.l4proto == IPPROTO_TCP ? offsetof(struct tcphdr, check)
 					     : offsetof(struct udphdr, check);
 }
 
@@ -87,7 +98,7 @@ static __always_inline int rewrite_l3l4(void *l3, void *end, const struct ebpfw_
 	__u32 l4_diff = (__u32)f->csum_addr + f->csum_port;
 	__be16 *ports, *l4_check;
 
-	if (p->key.l3proto == EBPFW_L3_IPV4) {
+	if (p->l3proto == EBPFW_L3_IPV4) {
 		struct iphdr *ip = l3;
 		__u16 ttl_old, ttl_new;
 
@@ -121,7 +132,7 @@ static __always_inline int rewrite_l3l4(void *l3, void *end, const struct ebpfw_
 	ports[1] = f->nat_dport;
 	if (!fix_l4)
 		return 0;
-	if (p->key.l4proto == IPPROTO_TCP) {
+	if (p->key.v6.l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = (void *)ports;
 
 		if ((void *)(th + 1) > end)

@@ -15,6 +15,7 @@ from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Packet, Raw
 
 from fw_ebpf import maps
+from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.libbpf import BpfObject, RingBuffer
 
 XDP_DROP, XDP_PASS, XDP_REDIRECT = 1, 2, 4
@@ -154,7 +155,7 @@ class FastPath:
     events: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.flows = self.obj.map("ebpfw_flows")
+        self.flows = FlowTables(self.obj.map)
         self.stats_map = self.obj.map("ebpfw_stats")
         self.tx = self.obj.map("ebpfw_tx")
         self.runtime = self.obj.map("ebpfw_runtime")
@@ -183,9 +184,14 @@ class FastPath:
         return got
 
 
-def load_fastpath(path: Path, heartbeat_timeout_s: float) -> FastPath:
+def load_fastpath(path: Path, heartbeat_timeout_s: float, event_rate: int = maps.EVENT_RATE,
+                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None) -> FastPath:
     obj = BpfObject(str(path))
-    obj.set_rodata(maps.CONFIG_SECTION, maps.encode_config(heartbeat_timeout_s))
+    obj.set_rodata(maps.CONFIG_SECTION,
+                   maps.encode_config(heartbeat_timeout_s, event_rate, event_burst))
+    if pending_max is not None:
+        for _, pending in maps.TABLES.values():
+            obj.set_max_entries(pending, pending_max)
     obj.load()
     fp = FastPath(obj)
     fp.tx.update(struct.pack("=I", LO_IFINDEX), struct.pack("=I", LO_IFINDEX))

@@ -32,10 +32,12 @@ def type_size(types: dict[int, dict], type_id: int) -> int:
 
 @pytest.mark.parametrize("endian", ["le", "be"])
 @pytest.mark.parametrize("mirror", maps.ABI_STRUCTS, ids=lambda s: s._c_name_)
-def test_struct_mirror_matches_btf(bpf_build: Path, endian: str, mirror: type[ctypes.Structure]):
+def test_struct_mirror_matches_btf(bpf_build: Path, endian: str,
+                                   mirror: type[ctypes.Structure | ctypes.Union]):
     types = btf_types(bpf_build / f"ebpfw-{endian}.o")
-    found = [t for t in types.values() if t["kind"] == "STRUCT" and t["name"] == mirror._c_name_]
-    assert found, f"struct {mirror._c_name_} is not in the BTF of ebpfw-{endian}.o"
+    kind = "UNION" if issubclass(mirror, ctypes.Union) else "STRUCT"
+    found = [t for t in types.values() if t["kind"] == kind and t["name"] == mirror._c_name_]
+    assert found, f"{kind.lower()} {mirror._c_name_} is not in the BTF of ebpfw-{endian}.o"
     btf = found[0]
     assert btf["size"] == ctypes.sizeof(mirror)
     assert [m["name"] for m in btf["members"]] == [f[0] for f in mirror._fields_]
@@ -58,7 +60,8 @@ def header_constants(names: list[str], tmp_path: Path) -> dict[str, int]:
 
 def test_constants_match_header(tmp_path: Path):
     expected: dict[str, int] = {
-        "EBPFW_FLOWS_DEFAULT": maps.FLOWS_DEFAULT, "EBPFW_EVENTS_BYTES": maps.EVENTS_BYTES,
+        "EBPFW_FLOWS_DEFAULT": maps.FLOWS_DEFAULT, "EBPFW_PENDING_DEFAULT": maps.PENDING_DEFAULT,
+        "EBPFW_EVENTS_BYTES": maps.EVENTS_BYTES,
         "EBPFW_TX_MAX": maps.TX_MAX, "EBPFW_L3_IPV4": maps.L3_IPV4, "EBPFW_L3_IPV6": maps.L3_IPV6,
         "EBPFW_NO_DSA_PORT": maps.NO_DSA_PORT, "EBPFW_F_NAT": maps.F_NAT,
         "EBPFW_F_CLOSING": maps.F_CLOSING, "EBPFW_F_TC_ONLY": maps.F_TC_ONLY,
@@ -83,3 +86,23 @@ def test_every_header_enumerator_is_mirrored():
 def test_flow_head_unpacks_the_flow_mirror():
     flow = maps.Flow(packets=1, bytes=2, last_seen_ns=3, expires_ns=4, state=5, flags=6)
     assert maps.FLOW_HEAD.unpack_from(bytes(flow)) == (1, 2, 3, 4, 5, 6)
+
+
+def test_flow_tables_use_the_mirrored_keys_and_value(bpf_object: Path):
+    from fw_ebpf.libbpf import BpfObject
+    with BpfObject(str(bpf_object)) as obj:
+        for family, names in maps.TABLES.items():
+            for name in names:
+                m = obj.map(name)
+                assert m.key_size == (maps.KEY4_LEN if family == maps.L3_IPV4 else maps.KEY6_LEN)
+                assert m.value_size == ctypes.sizeof(maps.Flow)
+        assert (obj.map(maps.TABLES[maps.L3_IPV4][1]).max_entries ==
+                obj.map(maps.TABLES[maps.L3_IPV6][1]).max_entries == maps.PENDING_DEFAULT)
+
+
+def test_object_config_defaults_are_the_python_defaults(bpf_object: Path, tmp_path: Path):
+    """The loader always writes .rodata.config; the object's own defaults must agree with it."""
+    out = tmp_path / "config.bin"
+    subprocess.run(["llvm-objcopy", "-O", "binary", f"--only-section={maps.CONFIG_SECTION}",
+                    str(bpf_object), str(out)], check=True)
+    assert out.read_bytes() == maps.encode_config(5.0)

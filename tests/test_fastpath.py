@@ -273,3 +273,81 @@ def test_stale_heartbeat_fails_open(bpf_object: Path, hook: Hook):
     finally:
         fp.ring.close()
         fp.obj.close()
+
+
+def _new_tuples(base: bytes, count: int) -> list[bytes]:
+    """count frames of distinct new flows: base (untagged IPv4 UDP) with other source ports;
+    nothing but the key matters to a miss."""
+    sport = 14 + 20   # Ethernet + IPv4 header, then the UDP source port
+    return [base[:sport] + (20000 + i).to_bytes(2, "big") + base[sport + 2:] for i in range(count)]
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
+def test_flood_of_new_tuples_evicts_pending_entries_never_offloaded_flows(bpf_object: Path,
+                                                                         hook: Hook):
+    pending_max = 1024
+    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600, pending_max=pending_max)
+    try:
+        fp.heartbeat()
+        offloaded = []
+        for family, l4 in itertools.product(FAMILIES, L4S):
+            for port in range(50):
+                t = flow_tuple(family, l4)
+                t = maps.Tuple(t.l4proto, t.saddr, t.daddr, 30000 + port, t.dport)
+                install_forward(fp, "untagged", "untagged", t, nat_tuple(t, "snat"))
+                offloaded.append(t)
+        flood = _new_tuples(frame(L2_IN["untagged"], flow_tuple(4, "udp")),
+                            4 * pending_max)
+        for data in flood:
+            assert fp.run(hook, data).retval == hook.passed
+        pending = len(list(fp.obj.map(maps.TABLES[maps.L3_IPV4][1]).keys()))
+        assert 0 < pending <= pending_max
+        assert fp.stats()[maps.Counter.PASS_MISS] == len(flood)
+        for t in offloaded:
+            res = fp.run(hook, frame(L2_IN["untagged"], t))
+            assert res.retval == hook.forwarded, t
+            assert maps.decode_flow(fp.flows.lookup(key_for("untagged", t))).packets == 1
+    finally:
+        fp.ring.close()
+        fp.obj.close()
+
+
+def test_new_events_over_the_rate_are_shed_counted_and_still_pending(bpf_object: Path):
+    burst, flows = 3, 10
+    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600, event_rate=1, event_burst=burst)
+    try:
+        fp.heartbeat()
+        start = time.monotonic()
+        frames = _new_tuples(frame(L2_IN["untagged"], flow_tuple(4, "udp")),
+                             flows)
+        for data in frames:
+            assert fp.run(XDP, data).retval == XDP.passed
+        elapsed = time.monotonic() - start
+        sent = len(fp.drain_events())
+        # one more event per second the loop took (a loaded machine may take that long)
+        assert burst <= sent <= burst + int(elapsed) + 1
+        assert fp.stats()[maps.Counter.EVENT_SHED] == flows - sent
+        pending = [maps.decode_key(k) for k in fp.flows.keys()]
+        assert len(pending) == flows   # the sweep finds the shed ones here
+        assert all(maps.decode_flow(fp.flows.lookup(k)).state == maps.State.PENDING
+                   for k in fp.flows.keys())
+    finally:
+        fp.ring.close()
+        fp.obj.close()
+
+
+def test_flow_tables_keep_each_entry_in_one_table(fp: FastPath):
+    t = flow_tuple(6, "tcp")
+    key = key_for("untagged", t)
+    decided, pending = (fp.obj.map(n) for n in maps.TABLES[maps.L3_IPV6])
+    fp.flows.update(key, maps.encode_verdict(maps.State.PENDING))
+    assert pending.lookup(key) is not None and decided.lookup(key) is None
+    forward = maps.encode_forward(t, nat_tuple(t, "snat"), LO_IFINDEX, 1500,
+                                  L2_OUT["untagged"].out())
+    fp.flows.update(key, forward)
+    assert decided.lookup(key) == forward and pending.lookup(key) is None
+    # the fast path may write PENDING while the daemon decides: the decided entry wins
+    pending.update(key, maps.encode_verdict(maps.State.PENDING))
+    assert fp.flows.lookup_batch() == [(key, forward)]
+    assert pending.lookup(key) is None
+    assert fp.flows.delete(key) and list(fp.flows.keys()) == []

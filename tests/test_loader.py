@@ -17,11 +17,11 @@ from typing import Any, Iterator
 import pytest
 
 from fw_ebpf.libbpf import BpfError, open_pinned_map
-from fw_ebpf.loader import FLOWS_MAP, TC_HANDLE, TC_PRIORITY, Loader, object_name
-
+from fw_ebpf.loader import FLOW_MAPS, PINNED_MAPS, TC_HANDLE, TC_PRIORITY, Loader, object_name
 from netns import netns, run_in_netns, sh, veth_pair
 
 OBJ = str(Path(__file__).resolve().parents[1] / "build" / object_name())
+FLOWS_MAP4 = FLOW_MAPS[0]   # ebpfw_flows4
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for BPF and network namespaces"),
@@ -211,14 +211,14 @@ def test_pinned_maps_are_reused_by_a_second_loader(pin_dir: str) -> None:
     first, second = Loader(OBJ, pin_dir=pin_dir), Loader(OBJ, pin_dir=pin_dir)
     try:
         first.load()
-        flows = first.map(FLOWS_MAP)
+        flows = first.map(FLOWS_MAP4)
         key, value = bytes(range(flows.key_size)), bytes([7]) * flows.value_size
         flows.update(key, value)
-        assert sorted(os.listdir(pin_dir)) == sorted(["ebpfw_flows", "ebpfw_stats", "ebpfw_runtime"])
+        assert sorted(os.listdir(pin_dir)) == sorted(PINNED_MAPS)
         first.close()
         second.load()
-        assert second.map(FLOWS_MAP).lookup(key) == value
-        with open_pinned_map(f"{pin_dir}/{FLOWS_MAP}") as pinned:
+        assert second.map(FLOWS_MAP4).lookup(key) == value
+        with open_pinned_map(f"{pin_dir}/{FLOWS_MAP4}") as pinned:
             assert pinned.lookup(key) == value
     finally:
         first.close()
@@ -230,12 +230,12 @@ def test_pinned_maps_are_reused_by_a_second_loader(pin_dir: str) -> None:
 def test_pinned_flows_map_of_another_size_is_replaced(pin_dir: str) -> None:
     with Loader(OBJ, pin_dir=pin_dir, flows_max=1024) as small:
         small.load()
-        flows = small.map(FLOWS_MAP)
+        flows = small.map(FLOWS_MAP4)
         flows.update(bytes(flows.key_size), bytes(flows.value_size))
     with Loader(OBJ, pin_dir=pin_dir, flows_max=2048) as big:
         big.load()
-        assert big.map(FLOWS_MAP).max_entries == 2048
-        assert list(big.map(FLOWS_MAP).keys()) == []
+        assert big.map(FLOWS_MAP4).max_entries == 2048
+        assert list(big.map(FLOWS_MAP4).keys()) == []
         big.unpin()
 
 

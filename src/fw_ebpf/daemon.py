@@ -29,6 +29,7 @@ from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents, CtEntry, Direction
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
 from fw_ebpf.flows import FlowBook, FlowRecord
+from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.fw4live import Fw4Keeper
 from fw_ebpf.libbpf import BpfMap, RingBuffer
 from fw_ebpf.loader import Loader
@@ -47,6 +48,8 @@ DROP_TTL_NS = 30 * 10**9
 NFT_INCLUDE_DIR = "/etc/nftables.d"
 # A PENDING entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
+# PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
+ADOPT_PER_SWEEP = 256
 # Ineligible for good: write PASS rather than asking conntrack on every retry
 FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "ets"})
@@ -121,7 +124,7 @@ class Daemon:
         # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
         stack.callback(self.loader.unpin)
         stack.callback(self.loader.detach_all)
-        self.flows_map: BpfMap = self.loader.map("ebpfw_flows")
+        self.flows_map = FlowTables(self.loader.map)
         self.stats_map: BpfMap = self.loader.map("ebpfw_stats")
         self.tx_map: BpfMap = self.loader.map("ebpfw_tx")
         self.runtime_map: BpfMap = self.loader.map("ebpfw_runtime")
@@ -306,8 +309,22 @@ class Daemon:
             self._schedule_retry(rec, attempt)
             return
         entry, direction = found
+        if not self._routed_back_where_it_came_in(rec):
+            self._write_verdict(rec, State.PASS, "its source is not routed back where it came in")
+            return
         self.book.bind(rec, entry.orig, direction)
         self._offload(entry, rec, direction)
+
+    def _routed_back_where_it_came_in(self, rec: FlowRecord) -> bool:
+        """Conntrack matches a tuple wherever the packet arrives: a copy of an accepted
+        connection's tuple sent in from another interface finds the entry all the same. Only
+        a key whose ingress is the device the route back to its source leaves by is offloaded
+        (strict reverse path); anything else stays with the stack."""
+        try:
+            iif = self.resolver.l3_input(rec.info.ifindex, rec.info.vlan)
+            return self.resolver.out_device(rec.info.tuple.saddr) == socket.if_indextoname(iif)
+        except (OSError, Unresolved):
+            return False
 
     def _offload(self, entry: CtEntry, rec: FlowRecord, direction: Direction) -> None:
         why = entry.ineligible_reason()
@@ -545,18 +562,26 @@ class Daemon:
         idle_ns = int(self.settings.idle_timeout * 1e9)
         refresh: set[maps.Tuple] = set()
         idle: set[maps.Tuple] = set()
+        closing: set[maps.Tuple] = set()
         seen: set[bytes] = set()
+        adopt = ADOPT_PER_SWEEP
         for key, value in self.flows_map.lookup_batch(4096):
             seen.add(key)
-            packets, nbytes, last_seen, expires, state, _flags = maps.FLOW_HEAD.unpack_from(value)
+            packets, nbytes, last_seen, expires, state, flags = maps.FLOW_HEAD.unpack_from(value)
             rec = self.book.get(key)
             if rec is None:
+                if state == State.PENDING:   # a flood must not cost a conntrack lookup each
+                    if adopt == 0:
+                        continue
+                    adopt -= 1
                 self._adopt(key, State(state))
                 continue
             rec.active = packets != rec.packets
             rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
             if rec.state == State.FORWARD and rec.ct is not None:
-                if now_ns - last_seen > idle_ns:
+                if flags & maps.F_CLOSING:   # its CLOSING event was lost
+                    closing.add(rec.ct)
+                elif now_ns - last_seen > idle_ns:
                     idle.add(rec.ct)
                 elif rec.active:
                     refresh.add(rec.ct)
@@ -566,6 +591,8 @@ class Daemon:
                 self._evict(key, "drop verdict expired")
         for key in [k for k in self.book.records if k not in seen]:
             self.book.remove(key)    # the LRU evicted it
+        for ct in closing:
+            self.evict_connection(ct, "tcp close")
         for ct in idle:
             self.evict_connection(ct, "idle")
         self._refresh_conntrack(refresh - idle, start)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fw_ebpf import libbpf, rtnl
+from fw_ebpf import libbpf, maps, rtnl
 from fw_ebpf.config import PIN_DIR
 from fw_ebpf.libbpf import BpfError, BpfMap, BpfObject, Link
 
@@ -31,10 +31,10 @@ ROUTER_OBJ_DIR = "/lib/bpf"
 DEV_OBJ_DIR = str(Path(__file__).resolve().parents[2] / "build")  # repo checkout
 
 RODATA_SECTION = ".rodata.config"
-FLOWS_MAP = "ebpfw_flows"
+FLOW_MAPS = tuple(name for pair in maps.TABLES.values() for name in pair)
 # ebpfw_tx is not pinned: libbpf 1.1 cannot reuse a pinned devmap (the kernel adds
 # BPF_F_RDONLY_PROG to its flags), and the daemon refills it from the re-adopted flows
-PINNED_MAPS = (FLOWS_MAP, "ebpfw_stats", "ebpfw_runtime")
+PINNED_MAPS = (*FLOW_MAPS, "ebpfw_stats", "ebpfw_runtime")
 XDP_PROG, TC_PROG = "ebpfw_xdp", "ebpfw_tc"
 
 # cls_bpf identity on clsact ingress. qosify uses prio 0x110.., bridger 0xbb00..0xbb03; lower
@@ -46,6 +46,11 @@ TC_PARENT_INGRESS, TC_PARENT_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 MODES = ("xdp", "xdp-generic", "tc", "auto")
 AUTO_ORDER = ("xdp", "xdp-generic", "tc")
 _XDP_MODE = {"xdp": "native", "xdp-generic": "generic"}
+
+
+def pending_size(flows_max: int) -> int:
+    """Pending table entries per family: an eighth of the decided table's, at least 1024."""
+    return max(1024, flows_max // 8)
 
 
 def object_name() -> str:
@@ -147,7 +152,9 @@ class Loader:
             if self.config is not None:
                 obj.set_rodata(RODATA_SECTION, bytes(self.config))
             if self.flows_max is not None:
-                obj.set_max_entries(FLOWS_MAP, self.flows_max)
+                for decided, pending in maps.TABLES.values():
+                    obj.set_max_entries(decided, self.flows_max)
+                    obj.set_max_entries(pending, pending_size(self.flows_max))
             reused = []
             for name in PINNED_MAPS:
                 path = self._pin_path(name)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FLOWS_DEFAULT = 65536
+PENDING_DEFAULT = 8192
 EVENTS_BYTES = 256 * 1024
 TX_MAX = 256
 L3_IPV4 = 4
@@ -50,6 +51,7 @@ class Counter(enum.IntEnum):
     DROP = enum.auto()
     PASS = enum.auto()
     EVENT_LOST = enum.auto()
+    EVENT_SHED = enum.auto()
     REWRITE_ERROR = enum.auto()
     PASS_HEARTBEAT = enum.auto()
     PASS_MULTICAST = enum.auto()
@@ -90,22 +92,35 @@ def _be16(value: int) -> int:
     return socket.htons(value)
 
 
-class FlowKey(ctypes.Structure):
-    _c_name_ = "ebpfw_flow_key"
-    _fields_ = [
-        ("ifindex", ctypes.c_uint32),
-        ("vlan", ctypes.c_uint16 * 2),
-        ("pppoe_sid", ctypes.c_uint16),
-        ("dsa_port", ctypes.c_uint8),
-        ("l3proto", ctypes.c_uint8),
-        ("l4proto", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-        ("sport", ctypes.c_uint16),
-        ("dport", ctypes.c_uint16),
-        ("pad2", ctypes.c_uint16),
-        ("saddr", ctypes.c_uint8 * 16),
-        ("daddr", ctypes.c_uint8 * 16),
-    ]
+_KEY_HEAD = [
+    ("ifindex", ctypes.c_uint32),
+    ("vlan", ctypes.c_uint16 * 2),
+    ("pppoe_sid", ctypes.c_uint16),
+    ("dsa_port", ctypes.c_uint8),
+    ("l4proto", ctypes.c_uint8),
+    ("sport", ctypes.c_uint16),
+    ("dport", ctypes.c_uint16),
+]
+
+
+class Key4(ctypes.Structure):
+    _c_name_ = "ebpfw_key4"
+    _fields_ = _KEY_HEAD + [("saddr", ctypes.c_uint8 * 4), ("daddr", ctypes.c_uint8 * 4)]
+
+
+class Key6(ctypes.Structure):
+    _c_name_ = "ebpfw_key6"
+    _fields_ = _KEY_HEAD + [("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16)]
+
+
+class Key(ctypes.Union):
+    _c_name_ = "ebpfw_key"
+    _fields_ = [("v4", Key4), ("v6", Key6)]
+
+
+KEY4_LEN, KEY6_LEN = ctypes.sizeof(Key4), ctypes.sizeof(Key6)
+# The tables of each family: (decided, pending)
+TABLES = {L3_IPV4: ("ebpfw_flows4", "ebpfw_pending4"), L3_IPV6: ("ebpfw_flows6", "ebpfw_pending6")}
 
 
 class Flow(ctypes.Structure):
@@ -143,7 +158,8 @@ FLOW_HEAD = struct.Struct("=QQQQBB")
 
 class Event(ctypes.Structure):
     _c_name_ = "ebpfw_event"
-    _fields_ = [("key", FlowKey), ("type", ctypes.c_uint32)]
+    _fields_ = [("type", ctypes.c_uint32), ("l3proto", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 3), ("key", Key)]
 
 
 class Runtime(ctypes.Structure):
@@ -153,26 +169,27 @@ class Runtime(ctypes.Structure):
 
 class Config(ctypes.Structure):
     _c_name_ = "ebpfw_config"
-    _fields_ = [("heartbeat_timeout_ns", ctypes.c_uint64)]
+    _fields_ = [("heartbeat_timeout_ns", ctypes.c_uint64), ("event_interval_ns", ctypes.c_uint64),
+                ("event_burst_ns", ctypes.c_uint64)]
 
 
 class Stats(ctypes.Structure):
     _c_name_ = "ebpfw_stats"
-    _fields_ = [("counters", ctypes.c_uint64 * Counter.MAX)]
+    _fields_ = [("counters", ctypes.c_uint64 * Counter.MAX), ("tick", ctypes.c_uint64),
+                ("now_ns", ctypes.c_uint64), ("fresh", ctypes.c_uint64),
+                ("ev_credit_ns", ctypes.c_uint64), ("ev_clock_ns", ctypes.c_uint64)]
 
 
-ABI_STRUCTS: tuple[type[ctypes.Structure], ...] = (FlowKey, Flow, Event, Runtime, Config, Stats)
+ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
+    Key4, Key6, Key, Flow, Event, Runtime, Config, Stats)
+# NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
+EVENT_RATE = 256
+EVENT_BURST = 256
 CONFIG_SECTION = ".rodata.config"
 
 
 def _addr_bytes(addr: IPAddress) -> bytes:
     return addr.packed.ljust(16, b"\0")
-
-
-def _addr(l3proto: int, raw: bytes) -> IPAddress:
-    if l3proto == L3_IPV4:
-        return ipaddress.IPv4Address(bytes(raw[:4]))
-    return ipaddress.IPv6Address(bytes(raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,14 +209,25 @@ class Tuple:
 
 def encode_key(ifindex: int, t: Tuple, vlan: tuple[int, int] = (0, 0), pppoe_sid: int = 0,
                dsa_port: int = NO_DSA_PORT) -> bytes:
+    """The key of the family's tables: 24 bytes for IPv4, 48 for IPv6."""
     if t.saddr.version != t.daddr.version:
         raise ValueError(f"mixed address families in {t}")
-    key = FlowKey(ifindex=ifindex, pppoe_sid=pppoe_sid, dsa_port=dsa_port, l3proto=t.l3proto,
-                  l4proto=t.l4proto, sport=_be16(t.sport), dport=_be16(t.dport))
+    cls = Key4 if t.l3proto == L3_IPV4 else Key6
+    key = cls(ifindex=ifindex, pppoe_sid=pppoe_sid, dsa_port=dsa_port, l4proto=t.l4proto,
+              sport=_be16(t.sport), dport=_be16(t.dport))
     key.vlan[:] = vlan
-    key.saddr[:] = _addr_bytes(t.saddr)
-    key.daddr[:] = _addr_bytes(t.daddr)
+    key.saddr[:] = t.saddr.packed
+    key.daddr[:] = t.daddr.packed
     return bytes(key)
+
+
+def key_family(raw: bytes) -> int:
+    """L3_IPV4 or L3_IPV6 from a key's length."""
+    if len(raw) == KEY4_LEN:
+        return L3_IPV4
+    if len(raw) == KEY6_LEN:
+        return L3_IPV6
+    raise ValueError(f"a flow key has {KEY4_LEN} or {KEY6_LEN} bytes, not {len(raw)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +240,8 @@ class KeyInfo:
 
 
 def decode_key(raw: bytes) -> KeyInfo:
-    k = FlowKey.from_buffer_copy(raw)
-    t = Tuple(k.l4proto, _addr(k.l3proto, bytes(k.saddr)), _addr(k.l3proto, bytes(k.daddr)),
+    k = (Key4 if key_family(raw) == L3_IPV4 else Key6).from_buffer_copy(raw)
+    t = Tuple(k.l4proto, ipaddress.ip_address(bytes(k.saddr)), ipaddress.ip_address(bytes(k.daddr)),
               socket.ntohs(k.sport), socket.ntohs(k.dport))
     return KeyInfo(k.ifindex, t, (k.vlan[0], k.vlan[1]), k.pppoe_sid, k.dsa_port)
 
@@ -290,18 +318,23 @@ def decode_flow(raw: bytes) -> Flow:
 
 
 def decode_event(raw: bytes) -> tuple[EventType, KeyInfo]:
-    ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
-    return EventType(ev.type), decode_key(bytes(ev.key))
+    kind, key = split_event(raw)
+    return EventType(kind), decode_key(key)
 
 
 def split_event(raw: bytes) -> tuple[int, bytes]:
-    """(event type, raw flow key) of a ring buffer record."""
+    """(event type, raw flow key of its family's tables) of a ring buffer record."""
     ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
-    return ev.type, bytes(ev.key)
+    key = bytes(ev.key)
+    return ev.type, key[:KEY4_LEN] if ev.l3proto == L3_IPV4 else key
 
 
-def encode_config(heartbeat_timeout_s: float) -> bytes:
-    return bytes(Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9)))
+def encode_config(heartbeat_timeout_s: float, event_rate: int = EVENT_RATE,
+                  event_burst: int = EVENT_BURST) -> bytes:
+    """.rodata.config; event_rate 0 sends every NEW event."""
+    interval = 10**9 // event_rate if event_rate else 0
+    return bytes(Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9),
+                        event_interval_ns=interval, event_burst_ns=interval * event_burst))
 
 
 def encode_runtime(heartbeat_ns: int) -> bytes:

@@ -3,42 +3,69 @@
  * The kernel/user contract of ebpfw: every map key and value, every flag and
  * every constant that crosses between the BPF fast path and the daemon.
  * src/fw_ebpf/maps.py mirrors this file; tests/test_abi.py checks the mirror
- * against the BTF of the compiled object.
+ * against the BTF of the compiled objects.
+ *
+ * Flow tables, one pair per address family:
+ *   ebpfw_flows4 / ebpfw_flows6     decided entries (FORWARD, DROP, PASS),
+ *                                   written by the daemon only
+ *   ebpfw_pending4 / ebpfw_pending6 PENDING entries the fast path creates for
+ *                                   unknown flows
+ * All four are LRU hashes; a flood of new tuples can only evict PENDING
+ * entries, never an offloaded flow. The fast path looks in the decided table
+ * first, then in the pending one.
  */
 #ifndef __EBPFW_ABI_H
 #define __EBPFW_ABI_H
 
 #include <linux/types.h>
 
-#define EBPFW_FLOWS_DEFAULT	65536	/* ebpfw_flows max_entries unless the loader sets it */
+#define EBPFW_FLOWS_DEFAULT	65536	/* ebpfw_flows4/6 max_entries unless the loader sets them */
+#define EBPFW_PENDING_DEFAULT	8192	/* ebpfw_pending4/6 max_entries unless the loader sets them */
 #define EBPFW_EVENTS_BYTES	(256 * 1024)
 #define EBPFW_TX_MAX		256	/* egress devices in ebpfw_tx */
 
-/* struct ebpfw_flow_key.l3proto */
+/* struct ebpfw_event.l3proto */
 #define EBPFW_L3_IPV4		4
 #define EBPFW_L3_IPV6		6
 
+#define EBPFW_NO_DSA_PORT	0xff
+
 /*
- * One direction of one connection as it enters the router. Hash key: every
- * byte, padding included, is written by the BPF side (zeroed first).
- * Addresses are network order; IPv4 uses saddr[0] / daddr[0], rest zero.
+ * One direction of one connection as it enters the router: the hash keys of
+ * the IPv4 and the IPv6 tables. Both start with the same 16 bytes, so the
+ * fast path builds one key and hashes 24 bytes for IPv4, 48 for IPv6. No
+ * padding: every byte is a field the BPF side writes. Ports and addresses
+ * are network order; VLAN ids and the PPPoE session id host order.
  */
-struct ebpfw_flow_key {
+struct ebpfw_key4 {
 	__u32 ifindex;		/* ingress device the program runs on */
 	__u16 vlan[2];		/* VLAN ids as received, [0] outer; 0 = none */
 	__u16 pppoe_sid;	/* PPPoE session id; 0 = none */
-	__u8 dsa_port;		/* DSA source port; EBPFW_NO_DSA_PORT = none */
-	__u8 l3proto;		/* EBPFW_L3_* */
+	__u8 dsa_port;		/* DSA source port (#12); EBPFW_NO_DSA_PORT = none */
 	__u8 l4proto;		/* IPPROTO_TCP / IPPROTO_UDP */
-	__u8 pad;
 	__be16 sport;
 	__be16 dport;
-	__u16 pad2;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ebpfw_key6 {
+	__u32 ifindex;
+	__u16 vlan[2];
+	__u16 pppoe_sid;
+	__u8 dsa_port;
+	__u8 l4proto;
+	__be16 sport;
+	__be16 dport;
 	__be32 saddr[4];
 	__be32 daddr[4];
 };
 
-#define EBPFW_NO_DSA_PORT	0xff
+/* Either key; the shared head is read through either member */
+union ebpfw_key {
+	struct ebpfw_key4 v4;
+	struct ebpfw_key6 v6;
+};
 
 /* struct ebpfw_flow.state */
 enum ebpfw_state {
@@ -57,19 +84,26 @@ enum ebpfw_state {
 /*
  * Flow table value. The BPF side creates PENDING entries and updates the
  * counters, last_seen_ns and the CLOSING flag; everything else is written by
- * the daemon. Counters are plain adds: a flow's packets arrive on one RX
- * queue, so a rare lost increment only under-counts.
+ * the daemon. Counters are plain adds, no locked instruction: a flow's
+ * packets arrive on one RX queue, so only packets of one flow handled on two
+ * CPUs at the same instant can lose an increment (an under-count).
+ *
+ * The L2 part (dmac .. dsa_port) is the egress header template. Room is left
+ * for what comes next: #12 fills dsa_port (DSA tag push), #11 (admission by
+ * proof) adds the L2 header observed on egress after the current fields,
+ * which only grows the value; nothing before it moves.
  */
 struct ebpfw_flow {
-	__u64 packets;		/* forwarded by the fast path */
-	__u64 bytes;		/* L3 bytes forwarded */
-	__u64 last_seen_ns;	/* CLOCK_MONOTONIC (coarse) of the last packet seen */
+	__u64 packets;		/* forwarded (FORWARD) or dropped (DROP) by the fast path */
+	__u64 bytes;		/* L3 bytes of those */
+	__u64 last_seen_ns;	/* CLOCK_MONOTONIC (coarse, tick resolution) of the last such
+				 * packet; PENDING: fine clock of the first packet */
 	__u64 expires_ns;	/* DROP: verdict ends at this time */
 	__u8 state;		/* enum ebpfw_state */
 	__u8 flags;		/* EBPFW_F_* */
 	__u16 mtu;		/* largest L3 packet the egress takes */
 	__u32 oif;		/* egress ifindex (lowest device) */
-	__be32 nat_saddr[4];	/* the packet's tuple after NAT (EBPFW_F_NAT) */
+	__be32 nat_saddr[4];	/* the packet's tuple after NAT (EBPFW_F_NAT); IPv4 in [0] */
 	__be32 nat_daddr[4];
 	__be16 nat_sport;
 	__be16 nat_dport;
@@ -92,8 +126,10 @@ enum ebpfw_event_type {
 };
 
 struct ebpfw_event {
-	struct ebpfw_flow_key key;
 	__u32 type;		/* enum ebpfw_event_type */
+	__u8 l3proto;		/* EBPFW_L3_*: key.v4 or key.v6 */
+	__u8 pad[3];
+	union ebpfw_key key;
 };
 
 /* Single entry of ebpfw_runtime, written by the daemon */
@@ -101,9 +137,17 @@ struct ebpfw_runtime {
 	__u64 heartbeat_ns;	/* CLOCK_MONOTONIC of the last sweep; stale = fail open */
 };
 
-/* .rodata.config, set by the loader before load */
+/*
+ * .rodata.config, set by the loader before load. NEW events are rate limited
+ * per CPU by a token bucket: one event per event_interval_ns on average, at
+ * most event_burst_ns / event_interval_ns at once (0 = no limit). A shed event
+ * only delays admission: its PENDING entry is written all the same and the
+ * daemon's sweep adopts entries it did not hear about.
+ */
 struct ebpfw_config {
 	__u64 heartbeat_timeout_ns;	/* older heartbeat: every packet passes */
+	__u64 event_interval_ns;
+	__u64 event_burst_ns;
 };
 
 /* Per-CPU counters in ebpfw_stats, indexed by this enum */
@@ -113,13 +157,14 @@ enum ebpfw_counter {
 	EBPFW_CNT_DROP,
 	EBPFW_CNT_PASS,			/* sum of the pass reasons below */
 	EBPFW_CNT_EVENT_LOST,		/* ring buffer full: daemon misses a flow */
+	EBPFW_CNT_EVENT_SHED,		/* NEW event over the rate limit: the sweep adopts it */
 	EBPFW_CNT_REWRITE_ERROR,	/* a helper failed mid-rewrite: dropped (out of memory) */
 	/* pass reasons */
 	EBPFW_PASS_HEARTBEAT,		/* daemon heartbeat stale: fail open */
 	EBPFW_PASS_MULTICAST,		/* multicast or broadcast destination MAC */
 	EBPFW_PASS_NOT_IP,		/* not IPv4 / IPv6 (ARP, LLDP, PPPoE discovery, ...) */
 	EBPFW_PASS_L2,			/* VLAN depth or PPPoE header not handled */
-	EBPFW_PASS_TRUNCATED,		/* frame shorter than its headers */
+	EBPFW_PASS_TRUNCATED,		/* frame (or IP payload) shorter than its headers */
 	EBPFW_PASS_IP_OPTIONS,		/* IPv4 header with options */
 	EBPFW_PASS_FRAGMENT,		/* IPv4 fragment */
 	EBPFW_PASS_IPV6_EXT,		/* IPv6 extension header */
@@ -140,9 +185,19 @@ enum ebpfw_counter {
 	EBPFW_CNT_MAX,
 };
 
-/* The single value of the per-CPU array ebpfw_stats: one lookup per packet */
+/*
+ * The single value of the per-CPU array ebpfw_stats: the counters the daemon
+ * sums, then the fast path's own per-CPU state (one lookup per packet for
+ * both). The clock is read once per tick per CPU, not per packet: when
+ * jiffies moved, now_ns and fresh are taken again.
+ */
 struct ebpfw_stats {
 	__u64 counters[EBPFW_CNT_MAX];
+	__u64 tick;		/* jiffies when this CPU last read the clock */
+	__u64 now_ns;		/* coarse CLOCK_MONOTONIC read then */
+	__u64 fresh;		/* the daemon's heartbeat was fresh then */
+	__u64 ev_credit_ns;	/* NEW event token bucket */
+	__u64 ev_clock_ns;	/* now_ns when the bucket was last filled */
 };
 
 #endif /* __EBPFW_ABI_H */
