@@ -16,10 +16,11 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
+T = TypeVar("T")
 PREFIX_ENV = "EBPFW_OPENWRT_PREFIX"
 SKIP_REASON = ("needs OpenWrt's ubusd/libubus, not packaged in Debian "
                f"(set {PREFIX_ENV} to an install prefix of a build from upstream)")
@@ -60,7 +61,7 @@ def connectable(path: Path) -> bool:
     return True
 
 
-def wait_for(cond, what: str, timeout: float = 15, interval: float = 0.02):  # type: ignore[no-untyped-def]
+def wait_for(cond: Callable[[], T], what: str, timeout: float = 15, interval: float = 0.02) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -182,7 +183,8 @@ class Session:
                               timeout=timeout)
 
     def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[str]:
-        return subprocess.Popen([*self.wrap(), *cmd], text=True, **kw)  # type: ignore[call-overload]
+        return subprocess.Popen([*self.wrap(), *cmd], text=True,
+                                **kw)   # type: ignore[call-overload]
 
     def ubus(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.run("ubus", *args, timeout=timeout)

@@ -199,7 +199,8 @@ def test_uci_get_without_rpcd_is_a_config_error() -> None:
                                        libubus.Status.NOT_FOUND)
 
     read = config.ubus_reader(config.uci_get(NoRpcd()))   # type: ignore[arg-type]
-    with pytest.raises(config.ConfigError, match=r"cannot read 'firewall': .* \(is rpcd running\?\)"):
+    with pytest.raises(config.ConfigError,
+                       match=r"cannot read 'firewall': .* \(is rpcd running\?\)"):
         config.switch_from(read)
 
 

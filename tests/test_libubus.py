@@ -139,7 +139,8 @@ class Served:
         if select.select([self.server.fileno()], [], [], timeout)[0]:
             self.server.service()
 
-    def call_cli(self, sock: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def call_cli(self, sock: Path, *args: str,
+                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """`ubus ...` in the background while this process keeps serving."""
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen([*ubus_cmd(sock), *args], stdout=out, stderr=err, text=True,

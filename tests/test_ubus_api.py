@@ -139,7 +139,8 @@ def test_int_arguments_are_int32_as_declared() -> None:
     """JSON integers beyond int32 arrive as int64; the declared type is int32."""
     with pytest.raises(api.InvalidArgument, match="'offset' must be of type int32"):
         api.validate(api.METHODS["flows"], {"offset": 1 << 40})
-    assert api.validate(api.METHODS["flows"], {"offset": (1 << 31) - 1}) == {"offset": (1 << 31) - 1}
+    biggest = {"offset": (1 << 31) - 1}
+    assert api.validate(api.METHODS["flows"], biggest) == biggest
 
 
 def test_importing_the_binding_loads_no_library() -> None:
@@ -197,7 +198,8 @@ class FakeConnection:
             self.queue(*self.calls_raw.pop(0))
 
     def queue(self, method: str, raw: bytes) -> None:
-        self.requests.append(libubus.Request("ebpfw", method, raw, None, 0))  # type: ignore[arg-type]
+        request = libubus.Request("ebpfw", method, raw, None, 0)   # type: ignore[arg-type]
+        self.requests.append(request)
         if self.on_request is not None:
             self.on_request()
 

@@ -641,7 +641,8 @@ class Daemon:
         old, self.settings = self.settings, new
         if (new.heartbeat_timeout, new.flows_max, new.ubus_socket) != \
                 (old.heartbeat_timeout, old.flows_max, old.ubus_socket):
-            log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a restart")
+            log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
+                        "restart")
         current = dict(self.loader.attachments)
         wanted = {name: new.mode_of(name) for name in self._interface_names()}
         for name, mode in current.items():

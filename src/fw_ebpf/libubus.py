@@ -369,11 +369,13 @@ class Connection:
             raise UbusError(f"cannot connect to ubus at {self.where}", Status.CONNECTION_FAILED)
         self._ctx: int | None = ctx
         self._head = _ContextHead.from_address(ctx)
+        self._dispatch = _UloopFdHandler(self._head.sock.cb)     # libubus's ubus_handle_data
         self._objects: list[_Registered] = []
         self._handler = _Handler(self._on_call)
         self._generation = 0
         self.requests: collections.deque[Request] = collections.deque()
-        self.on_request: Callable[[], None] | None = None    # after a call was queued; must not block
+        # called after a call was queued (from inside libubus): must not block
+        self.on_request: Callable[[], None] | None = None
 
     @property
     def where(self) -> str:
@@ -390,17 +392,21 @@ class Connection:
         """Reads and dispatches what arrived (ubus_handle_event); never blocks on a quiet socket.
         Calls to our objects are only queued on self.requests."""
         if self.connected:
-            _UloopFdHandler(self._head.sock.cb)(ctypes.addressof(self._head.sock), ULOOP_READ)
+            self._dispatch(ctypes.addressof(self._head.sock), ULOOP_READ)
 
     def reconnect(self) -> None:
         """A new socket to ubusd; libubus registers our objects again on it."""
+        if not self._ctx:
+            raise UbusError("the ubus connection is closed")
+        # asked on the old connection: nobody waits for those answers now (calls that arrive
+        # while libubus registers our objects again belong to the new one)
+        self._generation += 1
+        self.requests.clear()
         ret = _lib().ubus_reconnect(self._ctx, self._path)
         if ret != Status.OK:
             # libubus closed the socket but left its number in the context: never close it twice
             self._head.sock.fd = -1
             raise UbusError(f"cannot connect to ubus at {self.where}: {strerror(ret)}", ret)
-        self._generation += 1
-        self.requests.clear()          # asked on the old connection: nobody waits for them now
         for obj in self._objects:
             if obj.c.id == 0:          # libubus re-adds objects but ignores a failure
                 self._add(obj)
@@ -421,8 +427,12 @@ class Connection:
                         n_methods=len(methods))
         keep += [c_methods, obj_type]
         registered = _Registered(name, c_obj, keep)
-        self._add(registered)
-        self._objects.append(registered)
+        self._objects.append(registered)    # a call may arrive while libubus registers it
+        try:
+            self._add(registered)
+        except UbusError:
+            self._objects.remove(registered)
+            raise
 
     def _add(self, obj: _Registered) -> None:
         ret = _lib().ubus_add_object(self._ctx, ctypes.byref(obj.c))
@@ -433,7 +443,8 @@ class Connection:
         """libubus's method handler: defers the request (ubus_defer_request) and queues it."""
         try:
             name = next(o.name for o in self._objects if ctypes.addressof(o.c) == obj)
-            saved = _RequestData.from_buffer_copy(ctypes.string_at(req, ctypes.sizeof(_RequestData)))
+            size = ctypes.sizeof(_RequestData)
+            saved = _RequestData.from_buffer_copy(ctypes.string_at(req, size))
             self.requests.append(Request(name, method.decode(errors="replace"), _raw(msg), saved,
                                          self._generation))
             _RequestData.from_address(req).deferred = True
