@@ -13,14 +13,14 @@ import secrets
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import pytest
 
-T = TypeVar("T")
+from lab import Lab
+
 PREFIX_ENV = "EBPFW_OPENWRT_PREFIX"
 SKIP_REASON = ("needs OpenWrt's ubusd/libubus, not packaged in Debian "
                f"(set {PREFIX_ENV} to an install prefix of a build from upstream)")
@@ -61,15 +61,7 @@ def connectable(path: Path) -> bool:
     return True
 
 
-def wait_for(cond: Callable[[], T], what: str, timeout: float = 15, interval: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_for = Lab.wait_for
 
 
 @contextlib.contextmanager
