@@ -165,10 +165,12 @@ class Session:
             raise PortTaken(f"127.0.0.1:{self.http_port} is answered by another uhttpd")
 
     def wrap(self) -> list[str]:
+        """The session's mount namespace, with a /proc of our own PID namespace (the session's
+        /proc shows its own PIDs, so /proc/self would not be there)."""
         p = prefix()
         assert p is not None
-        return ["nsenter", "-t", str(self.pid1), "-m", "--",
-                "env", f"LD_LIBRARY_PATH={p / 'lib'}"]
+        return ["nsenter", "-t", str(self.pid1), "-m", "--", "unshare", "-m", "--mount-proc",
+                "--", "env", f"LD_LIBRARY_PATH={p / 'lib'}"]
 
     def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*self.wrap(), *cmd], capture_output=True, text=True,
