@@ -207,7 +207,9 @@ class Lab:
     # -- the daemon ---------------------------------------------------------------------------
 
     def start_daemon(self, *args: str, interfaces: tuple[str, ...] = ("eth0", "eth1", "eth2"),
-                     mode: str = "xdp", wait: bool = True) -> subprocess.Popen:
+                     mode: str = "xdp", wait: bool = True,
+                     wrap: tuple[str, ...] = ()) -> subprocess.Popen:
+        """wrap: a command to run it under (tests/openwrt.py: in an OpenWrt session)."""
         cmd = [*EBPFW, "--control", self.control, "run", "--pin-dir", self.pin_dir,
                "--mode", mode, "--log-level", "debug", "--sweep-interval", "0.2",
                "--heartbeat-timeout", "1", *args]
@@ -215,7 +217,7 @@ class Lab:
             cmd += ["--interface", dev]
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
         log = open(self.daemon_log, "ab")
-        self.daemon = subprocess.Popen(["ip", "netns", "exec", self.router, *cmd], env=env,
+        self.daemon = subprocess.Popen([*wrap, "ip", "netns", "exec", self.router, *cmd], env=env,
                                        stdout=log, stderr=log, start_new_session=True)
         log.close()
         if wait:

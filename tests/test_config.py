@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fw_ebpf import cli, config
+from fw_ebpf import cli, config, libubus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,17 +40,16 @@ config interface
 	option mode 'xdp'
 """
 
-# What rpcd answered to `ubus call uci get` for the two files above, as python-ubus hands it
-# over (a list with one reply per message).
-UBUS_FIREWALL_DEFAULTS = [{"values": {"cfg01e63d": {
+# What rpcd answered to `ubus call uci get` for the two files above.
+UBUS_FIREWALL_DEFAULTS = {"values": {"cfg01e63d": {
     ".anonymous": True, ".type": "defaults", ".name": "cfg01e63d", ".index": 0,
-    "syn_flood": "1", "input": "REJECT", "flow_offloading_ebpf": "1"}}}]
-UBUS_EBPFW = [{"values": {
+    "syn_flood": "1", "input": "REJECT", "flow_offloading_ebpf": "1"}}}
+UBUS_EBPFW = {"values": {
     "cfg023d8a": {".anonymous": True, ".type": "interface", ".name": "cfg023d8a", ".index": 1,
                   "device": "eth1", "mode": "xdp"},
     "global": {".anonymous": False, ".type": "ebpfw", ".name": "global", ".index": 0,
                "interface": ["eth0", "eth1"], "mode": "tc", "idle_timeout": "45",
-               "flows_max": "131072", "early_drop": "0", "log_level": "debug"}}}]
+               "flows_max": "131072", "early_drop": "0", "log_level": "debug"}}}
 
 EXPECTED = config.Settings(interfaces=("eth0", "eth1"), mode="tc", modes={"eth1": "xdp"},
                            idle_timeout=45.0, flows_max=131072, early_drop=False,
@@ -135,15 +134,26 @@ def test_bad_values_name_section_and_option(tmp_path: Path, text: str, message: 
     assert str(e.value) == message
 
 
-def fake_uci_get(replies: dict[str, Any]) -> Any:
-    """A stand-in for the python-ubus call: answers like rpcd, None for an absent config."""
-    def call(cfg: str, section_type: str | None) -> Any:
-        reply = replies.get(cfg)
-        if reply is None or section_type is None:
-            return reply
-        values = {k: v for k, v in reply[0]["values"].items() if v[".type"] == section_type}
-        return [{"values": values}]
-    return call
+class FakeUbus:
+    """A stand-in for libubus.Connection.call answering `uci get` like rpcd."""
+
+    def __init__(self, configs: dict[str, Any]) -> None:
+        self.configs = configs
+        self.asked: list[tuple[str, str, dict[str, Any]]] = []
+
+    def call(self, path: str, method: str, args: dict[str, Any],
+             timeout_ms: int = 0) -> dict[str, Any] | None:
+        self.asked.append((path, method, args))
+        reply = self.configs.get(args["config"])
+        if reply is None:
+            raise libubus.UbusError("ubus call uci get: Not found", libubus.Status.NOT_FOUND)
+        values = {k: v for k, v in reply["values"].items()
+                  if "type" not in args or v[".type"] == args["type"]}
+        return {"values": values}
+
+
+def fake_uci_get(configs: dict[str, Any]) -> Any:
+    return config.uci_get(FakeUbus(configs))   # type: ignore[arg-type]
 
 
 def test_ubus_uci_get_replies_parse_like_the_files(tmp_path: Path) -> None:
@@ -158,8 +168,8 @@ def test_ubus_without_ebpfw_config_gives_the_defaults() -> None:
 
 
 def test_ubus_bad_value_names_section_and_option() -> None:
-    bad = [{"values": {"global": {".anonymous": False, ".type": "ebpfw", ".name": "global",
-                                  ".index": 0, "idle_timeout": "abc"}}}]
+    bad = {"values": {"global": {".anonymous": False, ".type": "ebpfw", ".name": "global",
+                                 ".index": 0, "idle_timeout": "abc"}}}
     read = config.ubus_reader(fake_uci_get({"ebpfw": bad}))
     with pytest.raises(config.ConfigError) as e:
         config.load_from(read)
@@ -173,10 +183,39 @@ def test_ubus_reply_with_a_plain_dict_and_empty_values_parse() -> None:
         config.sections_from_ubus([{"value": "x"}], "firewall")
 
 
-def test_load_reads_files_when_a_dir_is_named_even_with_ubus(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "ubus_available", lambda: True)
-    assert config.load(config_dir(tmp_path)) == (True, EXPECTED)
+def test_uci_get_asks_rpcd_for_the_section_type_and_reports_its_absence() -> None:
+    ubus = FakeUbus({"firewall": UBUS_FIREWALL_DEFAULTS})
+    read = config.ubus_reader(config.uci_get(ubus))   # type: ignore[arg-type]
+    assert config.switch_from(read) is True
+    assert read("ebpfw", None) is None
+    assert ubus.asked == [("uci", "get", {"config": "firewall", "type": "defaults"}),
+                          ("uci", "get", {"config": "ebpfw"})]
+
+
+def test_uci_get_without_rpcd_is_a_config_error() -> None:
+    class NoRpcd:
+        def call(self, *_args: Any, **_kw: Any) -> None:
+            raise libubus.NoSuchObject("ubus object 'uci' at the default socket: Not found",
+                                       libubus.Status.NOT_FOUND)
+
+    read = config.ubus_reader(config.uci_get(NoRpcd()))   # type: ignore[arg-type]
+    with pytest.raises(config.ConfigError,
+                       match=r"cannot read 'firewall': .* \(is rpcd running\?\)"):
+        config.switch_from(read)
+
+
+def test_ubus_socket_option_and_its_override() -> None:
+    sections = config.parse_uci("config ebpfw 'global'\n\toption ubus_socket '/tmp/u.sock'\n",
+                                "ebpfw")
+    settings = config.settings_from_uci(sections, "ebpfw")
+    assert settings.ubus_socket == "/tmp/u.sock"
+    assert settings.with_overrides(ubus_socket="/run/x.sock").ubus_socket == "/run/x.sock"
+    empty = config.parse_uci("config ebpfw\n\toption ubus_socket ''\n", "ebpfw")
+    assert config.settings_from_uci(empty, "ebpfw").ubus_socket is None
+    with pytest.raises(config.ConfigError, match="option 'ubus_socket' is 'rel', expected an "
+                                                  "absolute path"):
+        config.settings_from_uci(config.parse_uci("config ebpfw\n\toption ubus_socket rel\n",
+                                                  "ebpfw"), "ebpfw")
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -260,7 +299,6 @@ def test_without_config_dir_or_firewall_config_it_runs_as_before(
     """Development hosts and the e2e tests: explicit interfaces, no /etc/config/firewall."""
     monkeypatch.setattr(config, "DEFAULT_DIR", str(tmp_path / "none"))
     monkeypatch.setattr(cli, "DEFAULT_CONFIG", str(tmp_path / "none" / "ebpfw"))
-    monkeypatch.setattr(config, "ubus_available", lambda: False)
     settings = cli._settings(run_args("-i", "veth0", "--mode", "tc"))
     assert settings == config.Settings(interfaces=("veth0",), mode="tc")
 
@@ -269,7 +307,6 @@ def test_without_config_dir_the_router_config_dir_is_used(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     d = config_dir(tmp_path, firewall="config defaults\n")
     monkeypatch.setattr(config, "DEFAULT_DIR", d)
-    monkeypatch.setattr(config, "ubus_available", lambda: False)
     with pytest.raises(config.Disabled):
         cli._settings(run_args())
 
@@ -280,7 +317,8 @@ def test_run_returns_0_when_the_switch_goes_off_during_a_reload(
     d = config_dir(tmp_path)
 
     class FakeDaemon:
-        def __init__(self, settings: config.Settings, paths: Any, reload_settings: Any) -> None:
+        def __init__(self, settings: config.Settings, paths: Any, reload_settings: Any,
+                     ubus: Any = None) -> None:
             self.reload_settings = reload_settings
 
         def run(self) -> int:

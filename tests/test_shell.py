@@ -71,6 +71,8 @@ INIT_STUBS = """
 config_load() { echo "config_load $*"; }
 config_foreach() { for s in $EBPFW_TEST_SECTIONS; do "$1" "$s"; done; }
 config_get_bool() { eval "$1=\\$EBPFW_TEST_$2"; }
+config_get() { eval "$1=\\${EBPFW_TEST_$2_$3:-}"; }
+procd_append_param() { echo "procd_append_param $*"; }
 procd_open_instance() { echo "procd_open_instance"; }
 procd_set_param() { echo "procd_set_param $*"; }
 procd_close_instance() { echo "procd_close_instance"; }
@@ -81,10 +83,10 @@ start() { echo "start"; start_service; }
 """
 
 
-def run_init(call: str, switch: str, running: str = "0") -> list[str]:
+def run_init(call: str, switch: str, running: str = "0", **env: str) -> list[str]:
     # two defaults sections: only the first one counts, as in fw4
     result = sh(f"{INIT_STUBS}\n. {INIT}\n{call}", EBPFW_TEST_SECTIONS="d0 d1",
-                EBPFW_TEST_d0=switch, EBPFW_TEST_d1="1", EBPFW_TEST_RUNNING=running)
+                EBPFW_TEST_d0=switch, EBPFW_TEST_d1="1", EBPFW_TEST_RUNNING=running, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
@@ -96,6 +98,19 @@ def test_init_starts_a_respawning_instance_only_when_the_switch_is_on() -> None:
     assert "procd_set_param respawn" in out
     assert out[-1] == "procd_close_instance"
     assert "procd_open_instance" not in run_init("start_service", "0")
+
+
+def test_init_passes_the_ubus_socket_option_only_when_set() -> None:
+    out = run_init("start_service", "1")
+    assert "config_load ebpfw" in out
+    assert not any("--ubus-socket" in line for line in out)
+    out = run_init("start_service", "1", EBPFW_TEST_d0_ubus_socket="/tmp/ubus.sock")
+    assert "procd_append_param command --ubus-socket /tmp/ubus.sock" in out
+    # the last section that sets it wins, as in the daemon
+    out = run_init("start_service", "1", EBPFW_TEST_d0_ubus_socket="/a",
+                   EBPFW_TEST_d1_ubus_socket="/b")
+    assert [line for line in out if "--ubus-socket" in line] == \
+        ["procd_append_param command --ubus-socket /b"]
 
 
 def test_init_reload_signals_a_running_daemon_and_starts_or_stops_otherwise() -> None:

@@ -53,12 +53,15 @@ class Arg:
     max: int | None = None
 
     def check(self, name: str, value: Any) -> Any:
-        ok = {ArgType.STRING: isinstance(value, str),
-              ArgType.INT: isinstance(value, int) and not isinstance(value, bool),
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        # a JSON integer beyond int32 reaches ubus as an int64 attribute: not what is declared
+        int32 = integer and -(1 << 31) <= value < 1 << 31
+        ok = {ArgType.STRING: isinstance(value, str), ArgType.INT: int32,
               ArgType.BOOL: isinstance(value, bool)}[self.type]
         if not ok:
+            given = "int64" if integer and not int32 else type(value).__name__
             raise InvalidArgument(f"argument '{name}' must be of type {self.type.value}, "
-                                  f"not {type(value).__name__}")
+                                  f"not {given}")
         if self.choices and value not in self.choices:
             raise InvalidArgument(f"argument '{name}' is '{value}', expected one of "
                                   f"{', '.join(self.choices)}")

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any
 
-from fw_ebpf import api, config
+from fw_ebpf import api, config, libubus
 from fw_ebpf.control import DEFAULT_PATH, ControlError, call
 
 DEFAULT_CONFIG = "/etc/config/ebpfw"
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="fw4's model as JSON (default: ask the ucode hook, on a router)")
     run.add_argument("--early-drop", action=argparse.BooleanOptionalAction, default=None,
                      help="drop flows fw4 drops in the fast path (config option early_drop)")
+    run.add_argument("--ubus-socket", metavar="PATH",
+                     help="ubusd's socket, for the ebpfw object and the uci reads (config option "
+                          "ubus_socket; default: libubus's)")
 
     for name, text in (("status", "attached interfaces, flows, counters"),
                        ("flows", "the flow table"), ("stats", "fast-path counters")):
@@ -63,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _source(args: argparse.Namespace) -> config.SectionReader | None:
+def _source(args: argparse.Namespace,
+            ubus: libubus.Connection | None) -> config.SectionReader | None:
     """Where this run reads the switch and tunables, on start and on every reload.
 
     None: no firewall config on this host (a development machine, the tests), so there is no
@@ -71,16 +75,17 @@ def _source(args: argparse.Namespace) -> config.SectionReader | None:
     """
     if args.config_dir is not None:
         return config.dir_reader(args.config_dir)
-    if config.ubus_available():
-        return config.ubus_reader()
+    if ubus is not None:
+        return config.ubus_reader(config.uci_get(ubus))
     if os.path.exists(os.path.join(config.DEFAULT_DIR, "firewall")):
         return config.dir_reader(config.DEFAULT_DIR)
     return None
 
 
-def _settings(args: argparse.Namespace) -> config.Settings:
+def _settings(args: argparse.Namespace,
+              ubus: libubus.Connection | None = None) -> config.Settings:
     """The settings to run with; raises config.Disabled when the switch is off."""
-    read = _source(args)
+    read = _source(args, ubus)
     if read is not None and not args.force and not config.switch_from(read):
         raise config.Disabled()
     if args.config is not None:
@@ -104,7 +109,7 @@ def _settings(args: argparse.Namespace) -> config.Settings:
         interfaces=tuple(interfaces) if interfaces else None, modes=modes, mode=args.mode,
         idle_timeout=args.idle_timeout, sweep_interval=args.sweep_interval,
         heartbeat_timeout=args.heartbeat_timeout, flows_max=args.flows_max,
-        log_level=args.log_level, early_drop=args.early_drop)
+        log_level=args.log_level, early_drop=args.early_drop, ubus_socket=args.ubus_socket)
 
 
 def _setup_logging(level: str, use_syslog: bool) -> None:
@@ -121,8 +126,22 @@ def _setup_logging(level: str, use_syslog: bool) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # on a router the configuration is read from rpcd over ubus, on the connection the daemon
+    # then serves its object on (the socket comes from the command line: the init script reads
+    # the UCI option from the file)
+    ubus = None
+    if args.config_dir is None and libubus.available():
+        ubus = libubus.Connection(args.ubus_socket)
     try:
-        settings = _settings(args)
+        return _run_with(args, ubus)
+    finally:
+        if ubus is not None:
+            ubus.close()
+
+
+def _run_with(args: argparse.Namespace, ubus: libubus.Connection | None) -> int:
+    try:
+        settings = _settings(args, ubus)
     except config.Disabled as e:
         print(f"ebpfw: {e}")
         return 0
@@ -135,7 +154,8 @@ def _run(args: argparse.Namespace) -> int:
     # on SIGHUP the daemon re-reads the same source; config.Disabled from there means the
     # switch went off: the daemon stops (if it lets the exception out, it unwinds cleanly here)
     try:
-        return Daemon(settings, paths, reload_settings=lambda: _settings(args)).run()
+        return Daemon(settings, paths, reload_settings=lambda: _settings(args, ubus),
+                      ubus=ubus).run()
     except config.Disabled as e:
         logging.getLogger("fw_ebpf").info("stopped: %s", e)
         return 0

@@ -7,11 +7,12 @@ is a ConfigError naming the config, section and option; the daemon then does not
 """
 from __future__ import annotations
 
-import importlib.util
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
+
+from fw_ebpf import libubus
 
 MODES = ("xdp", "xdp-generic", "tc", "auto")
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
@@ -45,6 +46,7 @@ class Settings:
     heartbeat_timeout: float = 5.0
     early_drop: bool = True
     log_level: str = "info"
+    ubus_socket: str | None = None     # None: libubus's default
 
     def mode_of(self, ifname: str) -> str:
         return self.modes.get(ifname, self.mode)
@@ -73,6 +75,8 @@ class Settings:
             raise bad("heartbeat_timeout", "must be at least twice sweep_interval and at most 3600")
         if self.log_level not in LOG_LEVELS:
             raise bad("log_level", f"is '{self.log_level}', expected one of {', '.join(LOG_LEVELS)}")
+        if self.ubus_socket is not None and not self.ubus_socket.startswith("/"):
+            raise bad("ubus_socket", f"is '{self.ubus_socket}', expected an absolute path")
 
 
 @dataclass
@@ -159,6 +163,8 @@ def settings_from_uci(sections: list[UciSection], source: str) -> Settings:
             for option in ("mode", "log_level"):
                 if option in sec.options:
                     changes[option] = str(sec.options[option])
+            if sec.options.get("ubus_socket"):    # empty: libubus's default socket
+                changes["ubus_socket"] = str(sec.options["ubus_socket"])
             early = _bool(sec, where, "early_drop")
             if early is not None:
                 changes["early_drop"] = early
@@ -209,11 +215,8 @@ def sections_from_ubus(reply: Any, config: str) -> list[UciSection]:
     """What `ubus call uci get {"config": ..., ["type": ...]}` answers, as UciSections.
 
     The answer is {"values": {sid: {".anonymous", ".type", ".name", ".index", option...}}},
-    options are strings and lists are arrays of strings. python-ubus hands over a list of
-    answers (one per reply message); rpcd sends one.
+    options are strings and lists are arrays of strings.
     """
-    if isinstance(reply, list):
-        reply = reply[0] if reply else {}
     values = reply.get("values") if isinstance(reply, dict) else None
     if not isinstance(values, dict):
         raise ConfigError(f"{config}: unexpected answer from ubus uci get: {reply!r}")
@@ -231,42 +234,29 @@ def sections_from_ubus(reply: Any, config: str) -> list[UciSection]:
 
 
 UBUS_TIMEOUT_MS = 5000
+UciGet = Callable[[str, "str | None"], "Any | None"]
 
 
-def ubus_available() -> bool:
-    return importlib.util.find_spec("ubus") is not None
+def uci_get(conn: libubus.Connection) -> UciGet:
+    """`uci get` on rpcd's `uci` object over conn; None when rpcd says the config does not exist.
+    The daemon passes the connection its ubus object lives on (calls to the object that arrive
+    meanwhile are queued, see libubus.Connection.call)."""
+    def get(config: str, section_type: str | None) -> Any | None:
+        request = {"config": config}
+        if section_type is not None:
+            request["type"] = section_type
+        try:
+            return conn.call("uci", "get", request, timeout_ms=UBUS_TIMEOUT_MS) or {}
+        except libubus.NoSuchObject as e:
+            raise ConfigError(f"cannot read '{config}': {e} (is rpcd running?)") from None
+        except libubus.UbusError as e:
+            if e.status == libubus.Status.NOT_FOUND:     # rpcd: no such config
+                return None
+            raise ConfigError(f"cannot read '{config}': {e}") from None
+    return get
 
 
-def _ubus_uci_get(config: str, section_type: str | None) -> Any | None:
-    """One `uci get` over python-ubus; None when rpcd says the config does not exist.
-
-    python-ubus keeps one module-wide connection and answers a call with a list of replies:
-    reuse the connection when the daemon's ubus side holds it, else connect for this call.
-    """
-    import ubus  # type: ignore[import-not-found]   # only on a router (needs libubus)
-
-    request: dict[str, str] = {"config": config}
-    if section_type is not None:
-        request["type"] = section_type
-    owned = not ubus.get_connected()
-    try:
-        if owned:
-            ubus.connect()
-    except (OSError, RuntimeError) as e:
-        raise ConfigError(f"ubus: cannot connect to read '{config}': {e}") from None
-    try:
-        return ubus.call("uci", "get", request, timeout=UBUS_TIMEOUT_MS)
-    except RuntimeError as e:
-        # python-ubus: "ubus error occured: <ubus_strerror>"; rpcd: no such config
-        if str(e).endswith("Not found"):
-            return None
-        raise ConfigError(f"ubus call uci get {config}: {e}") from None
-    finally:
-        if owned:
-            ubus.disconnect()
-
-
-def ubus_reader(call: Callable[[str, str | None], Any | None] = _ubus_uci_get) -> SectionReader:
+def ubus_reader(call: UciGet) -> SectionReader:
     def read(config: str, section_type: str | None) -> list[UciSection] | None:
         reply = call(config, section_type)
         return None if reply is None else sections_from_ubus(reply, config)
@@ -295,13 +285,6 @@ def load_from(read: SectionReader) -> tuple[bool, Settings]:
     return switch_from(read), settings_from(read)
 
 
-def load(config_dir: str | None = None, use_ubus: bool | None = None) -> tuple[bool, Settings]:
-    """(enabled, settings) from ubus (default on a router) or from UCI files in config_dir.
-
-    use_ubus None: ubus when python-ubus is installed and no config_dir was named.
-    """
-    if use_ubus is None:
-        use_ubus = config_dir is None and ubus_available()
-    if use_ubus:
-        return load_from(ubus_reader())
+def load(config_dir: str | None = None) -> tuple[bool, Settings]:
+    """(enabled, settings) from the UCI files in config_dir (default /etc/config)."""
     return load_from(dir_reader(config_dir or DEFAULT_DIR))

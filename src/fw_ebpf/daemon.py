@@ -2,7 +2,7 @@
 """The ebpfw daemon: one event loop that keeps the fast path's flow table true.
 
 Sources: the fast path's ring buffer (new and closing flows), conntrack events, rtnetlink
-events, the control socket, signals and a sweep timer. The daemon owns all state; every
+events, the control socket, ubus, signals and a sweep timer. The daemon owns all state; every
 handler runs to completion in the loop, so nothing here needs a lock.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fw_ebpf import api, config, fw4, maps, ubus_api
+from fw_ebpf import api, config, fw4, libubus, maps, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
 from fw_ebpf import rtnl
@@ -36,7 +36,6 @@ from fw_ebpf.loader import Loader
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
 from fw_ebpf.policy import Facts, Policy, Query, Verdict
-from fw_ebpf.ubus_api import CallQueue
 
 log = logging.getLogger("fw_ebpf.daemon")
 
@@ -65,10 +64,12 @@ class Paths:
 
 class Daemon:
     def __init__(self, settings: Settings, paths: Paths,
-                 reload_settings: Callable[[], Settings] | None = None) -> None:
+                 reload_settings: Callable[[], Settings] | None = None,
+                 ubus: libubus.Connection | None = None) -> None:
         self.settings = settings
         self.paths = paths
         self._reload_settings = reload_settings
+        self._ubus_conn = ubus      # the one the configuration is read on, if it is read on ubus
         self.book = FlowBook()
         self.started = time.monotonic()
         self._stopping = False
@@ -105,15 +106,27 @@ class Daemon:
             self.api = api.Api(self)
             self.control = ControlServer(self.paths.control, self.api.call)
             stack.callback(self.control.close)
-            self.calls = CallQueue()
-            stack.callback(self.calls.close)
-            if ubus_api.available():
-                handlers = {name: (lambda args, n=name: self.api.call(n, args))
-                            for name in self.api.methods}
-                stack.callback(ubus_api.UbusServer(handlers, self.calls).close)
+            self.ubus = self._start_ubus(stack)
             self._loop()
         log.info("stopped")
         return 0
+
+    def _start_ubus(self, stack: contextlib.ExitStack) -> ubus_api.UbusServer | None:
+        """The `ebpfw` object, on the connection the configuration came from or a new one."""
+        conn = self._ubus_conn
+        if conn is None:
+            if not libubus.available():
+                log.info("ubus: libubus is not installed; serving the control socket only")
+                return None
+            try:
+                conn = libubus.Connection(self.settings.ubus_socket)
+            except libubus.UbusError as e:
+                log.warning("ubus: %s; serving the control socket only", e)
+                return None
+            stack.callback(conn.close)
+        server = ubus_api.UbusServer(conn, self.api.call)
+        stack.callback(server.close)
+        return server
 
     def _start_fastpath(self, stack: contextlib.ExitStack) -> None:
         s = self.settings
@@ -168,7 +181,8 @@ class Daemon:
         sel.register(self.ct_events.fileno(), selectors.EVENT_READ, self._on_conntrack)
         sel.register(self.rt_events.fileno(), selectors.EVENT_READ, self._on_rtnetlink)
         sel.register(self.control.fileno(), selectors.EVENT_READ, self.control.serve_ready)
-        sel.register(self.calls.fileno(), selectors.EVENT_READ, self.calls.run_ready)
+        if self.ubus is not None:
+            sel.register(self.ubus.fileno(), selectors.EVENT_READ, self.ubus.service)
         log.info("running: %d interfaces, %d flows re-adopted",
                  len(self.loader.attachments), len(self.book.in_state(State.FORWARD)))
         try:
@@ -652,8 +666,10 @@ class Daemon:
             log.error("reload: %s (keeping the running configuration)", e)
             return
         old, self.settings = self.settings, new
-        if new.heartbeat_timeout != old.heartbeat_timeout or new.flows_max != old.flows_max:
-            log.warning("reload: heartbeat_timeout and flows_max apply after a restart")
+        if (new.heartbeat_timeout, new.flows_max, new.ubus_socket) != \
+                (old.heartbeat_timeout, old.flows_max, old.ubus_socket):
+            log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
+                        "restart")
         current = dict(self.loader.attachments)
         wanted = {name: new.mode_of(name) for name in self._interface_names()}
         for name, mode in current.items():
