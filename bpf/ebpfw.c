@@ -2,7 +2,10 @@
 /*
  * ebpfw fast path: forwards packets of connections the kernel already
  * accepted, drops flows fw4 drops, and passes everything else untouched.
- * One core, two entry points: XDP (ebpfw_xdp) and TC ingress (ebpfw_tc).
+ * One core, two entry points: XDP (ebpfw_xdp) and TC ingress (ebpfw_tc); and
+ * on egress the proof (ebpfw_egress): a flow is forwarded here only after
+ * the kernel was seen forwarding one of its packets, with the L2 header it
+ * wrote then.
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -41,6 +44,21 @@ FLOW_TABLE(ebpfw_flows4, struct ebpfw_key4, EBPFW_FLOWS_DEFAULT);
 FLOW_TABLE(ebpfw_flows6, struct ebpfw_key6, EBPFW_FLOWS_DEFAULT);
 FLOW_TABLE(ebpfw_pending4, struct ebpfw_key4, EBPFW_PENDING_DEFAULT);
 FLOW_TABLE(ebpfw_pending6, struct ebpfw_key6, EBPFW_PENDING_DEFAULT);
+
+/* The flows waiting for proof or for re-proof, by the tuple they leave with.
+ * The value is a whole union for either family: what the egress program hands
+ * on is then in bounds whichever family the verifier follows. */
+#define EGRESS_INDEX(name, key_type)				\
+	struct {						\
+		__uint(type, BPF_MAP_TYPE_HASH);		\
+		__uint(max_entries, EBPFW_EGRESS_DEFAULT);	\
+		__uint(map_flags, BPF_F_NO_PREALLOC);		\
+		__type(key, key_type);				\
+		__type(value, union ebpfw_key);			\
+	} name SEC(".maps")
+
+EGRESS_INDEX(ebpfw_egress4, struct ebpfw_key4);
+EGRESS_INDEX(ebpfw_egress6, struct ebpfw_key6);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -91,29 +109,36 @@ static __always_inline enum verdict pass(struct ebpfw_stats *st, __u32 reason)
  * Fail open: without a live daemon nobody keeps the flow table true. Signed,
  * because the coarse clock may lag the fine one the daemon wrote by a tick.
  */
-static __always_inline bool heartbeat_fresh(__u64 now)
+static __always_inline bool heartbeat_fresh(const struct ebpfw_runtime *rt, __u64 now)
 {
-	__u32 zero = 0;
-	struct ebpfw_runtime *rt = bpf_map_lookup_elem(&ebpfw_runtime, &zero);
-
-	return rt && rt->heartbeat_ns &&
+	return rt->heartbeat_ns &&
 	       (__s64)(now - rt->heartbeat_ns) <= (__s64)ebpfw_cfg.heartbeat_timeout_ns;
 }
 
 /*
- * Every use of time is at tick resolution, so each CPU reads the clock and
- * judges the heartbeat once per tick; jiffies (a plain load on 64-bit JITs)
- * says when the tick changed.
+ * Every use of time is at tick resolution, so each CPU reads the clock, judges
+ * the heartbeat and takes the runtime's generation once per tick; jiffies (a
+ * plain load on 64-bit JITs) says when the tick changed. A new generation is
+ * thus in force on every CPU one tick after the daemon wrote it.
  */
 static __always_inline void clock_tick(struct ebpfw_stats *st)
 {
 	__u64 tick = bpf_jiffies64();
+	__u32 zero = 0;
+	struct ebpfw_runtime *rt;
 
 	if (tick == st->tick)
 		return;
 	st->tick = tick;
 	st->now_ns = bpf_ktime_get_coarse_ns();
-	st->fresh = heartbeat_fresh(st->now_ns);
+	rt = bpf_map_lookup_elem(&ebpfw_runtime, &zero);
+	if (!rt) {
+		st->fresh = 0;
+		return;
+	}
+	st->fresh = heartbeat_fresh(rt, st->now_ns);
+	st->gen = rt->gen;
+	st->proving = rt->proving;
 }
 
 /*
@@ -138,16 +163,22 @@ static __always_inline struct ebpfw_flow *lookup(void *table4, void *table6, str
 	return f;
 }
 
-static __always_inline void notify(struct ebpfw_stats *st, const struct pkt *p, __u32 type)
+static __always_inline void notify_key(struct ebpfw_stats *st, __u8 l3proto,
+				       const union ebpfw_key *key, __u32 type)
 {
-	struct ebpfw_event ev = { .type = type, .l3proto = p->l3proto };
+	struct ebpfw_event ev = { .type = type, .l3proto = l3proto };
 
-	if (p->l3proto == EBPFW_L3_IPV4)
-		ev.key.v4 = p->key.v4;
+	if (l3proto == EBPFW_L3_IPV4)
+		ev.key.v4 = key->v4;
 	else
-		ev.key.v6 = p->key.v6;
+		ev.key.v6 = key->v6;
 	if (bpf_ringbuf_output(&ebpfw_events, &ev, sizeof(ev), 0))
 		count(st, EBPFW_CNT_EVENT_LOST);
+}
+
+static __always_inline void notify(struct ebpfw_stats *st, const struct pkt *p, __u32 type)
+{
+	notify_key(st, p->l3proto, &p->key, type);
 }
 
 /* Token bucket of NEW events, per CPU, on the tick clock */
@@ -223,7 +254,11 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	switch (f->state) {
 	case EBPFW_PENDING:
 		return pass(st, EBPFW_PASS_PENDING);
+	case EBPFW_PROVING:
+		return pass(st, EBPFW_PASS_PROVING);
 	case EBPFW_DROP:
+		if (f->gen != st->gen)	/* decided under another ruleset */
+			return pass(st, EBPFW_PASS_STALE);
 		if (st->now_ns >= f->expires_ns)
 			return pass(st, EBPFW_PASS_DROP_EXPIRED);
 		account(st, f, p);
@@ -234,6 +269,8 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	default:
 		return pass(st, EBPFW_PASS_VERDICT);
 	}
+	if (f->gen != st->gen)
+		return pass(st, EBPFW_PASS_STALE);
 
 	if (f->flags & EBPFW_F_CLOSING)
 		return pass(st, EBPFW_PASS_CLOSING);
@@ -341,9 +378,9 @@ static __always_inline __u32 tc_seg_len(struct __sk_buff *ctx, const struct pkt 
 static __always_inline bool tc_can_rewrite_l2(struct __sk_buff *ctx, const struct pkt *p,
 					      const struct ebpfw_flow *f)
 {
-	if (p->pppoe && !(f->flags & EBPFW_F_PPPOE))
+	if (p->pppoe && !f->l2.pppoe_sid)
 		return false;
-	if ((f->flags & EBPFW_F_PPPOE) && ctx->gso_size)
+	if (f->l2.pppoe_sid && ctx->gso_size)
 		return false;
 	return true;
 }
@@ -432,6 +469,119 @@ error:
 	/* the packet may be half rewritten: it cannot go to the stack */
 	count(st, EBPFW_CNT_REWRITE_ERROR);
 	return TC_ACT_SHOT;
+}
+
+/* -- the proof: what the kernel itself forwards, seen on the egress device ------------------ */
+
+/* The L2 header the kernel wrote: MACs, VLAN tags (the outer one may be in
+ * skb metadata), PPPoE session; -1 if the frame is shorter than its tags */
+static __always_inline int seen_l2(struct __sk_buff *ctx, void *data, void *end,
+				   const struct pkt *p, __u16 pppoe_sid, struct ebpfw_l2 *l2)
+{
+	__be16 *w = data + 2 * ETH_ALEN;	/* tags in the frame: tpid, tci, tpid, tci */
+
+	if (data + ETH_HLEN + 2 * VLAN_HLEN_ > end)
+		return -1;
+	copy_mac(l2->dmac, data);
+	copy_mac(l2->smac, data + ETH_ALEN);
+	l2->vlans = p->vlans;
+	l2->vlan_tpid = 0;
+	l2->vlan_tci[0] = 0;
+	l2->vlan_tci[1] = 0;
+	if (ctx->vlan_present) {
+		l2->vlan_tpid = ctx->vlan_proto;
+		l2->vlan_tci[0] = ctx->vlan_tci;
+		if (p->data_vlans)
+			l2->vlan_tci[1] = bpf_ntohs(w[1]);
+	} else if (p->data_vlans) {
+		l2->vlan_tpid = w[0];
+		l2->vlan_tci[0] = bpf_ntohs(w[1]);
+		if (p->data_vlans > 1)
+			l2->vlan_tci[1] = bpf_ntohs(w[3]);
+	}
+	l2->pppoe_sid = pppoe_sid;
+	l2->dsa_port = EBPFW_NO_DSA_PORT;
+	return 0;
+}
+
+static __always_inline bool same_l2(const struct ebpfw_l2 *a, const struct ebpfw_l2 *b)
+{
+	const __u16 *x = (const __u16 *)a, *y = (const __u16 *)b;
+
+	for (int i = 0; i < sizeof(*a) / 2; i++)
+		if (x[i] != y[i])
+			return false;
+	return true;
+}
+
+/*
+ * On the egress of every device the fast path sends to: a packet the kernel
+ * forwarded, of a flow waiting for proof or of an old generation, proves that
+ * the ruleset, routing and NAT of now let it through, here, with this L2
+ * header. An old generation's flow leaving as before is proved again in
+ * place; anything else is written into the flow and reported to the daemon.
+ * Nothing proving: one lookup and one branch per packet.
+ */
+SEC("tc")
+int ebpfw_egress(struct __sk_buff *ctx)
+{
+	struct ebpfw_stats *st = stats();
+	struct ebpfw_l2 seen __attribute__((aligned(8)));
+	union ebpfw_key *in;
+	struct ebpfw_flow *f;
+	struct pkt p;
+	void *data, *end;
+	__u16 sid;
+
+	if (!st)
+		return TC_ACT_UNSPEC;
+	clock_tick(st);
+	if (!st->proving || !ctx->ingress_ifindex)	/* the router's own packets prove nothing */
+		return TC_ACT_UNSPEC;
+	if (ctx->data + TC_PULL_LEN > ctx->data_end && ctx->len > ctx->data_end - ctx->data)
+		bpf_skb_pull_data(ctx, ctx->len < TC_PULL_LEN ? ctx->len : TC_PULL_LEN);
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	pkt_init(&p, 0);
+	if (ctx->vlan_present)
+		p.vlans = 1;
+	if (parse_packet(data, end, ctx->len, &p) || (p.tcp_flags & (TCPF_FIN_ | TCPF_RST_)))
+		return TC_ACT_UNSPEC;
+	/* the tuple it leaves with, in a key without device fields */
+	sid = p.key.v6.pppoe_sid;
+	p.key.v6.vlan[0] = 0;
+	p.key.v6.vlan[1] = 0;
+	p.key.v6.pppoe_sid = 0;
+	p.key.v6.dsa_port = 0;
+	if (p.l3proto == EBPFW_L3_IPV4) {
+		in = bpf_map_lookup_elem(&ebpfw_egress4, &p.key.v4);
+		KEEP_APART(in);
+		f = in ? bpf_map_lookup_elem(&ebpfw_flows4, &in->v4) : NULL;
+	} else {
+		in = bpf_map_lookup_elem(&ebpfw_egress6, &p.key.v6);
+		f = in ? bpf_map_lookup_elem(&ebpfw_flows6, &in->v6) : NULL;
+	}
+	if (!f)
+		return TC_ACT_UNSPEC;
+	if (f->state == EBPFW_FORWARD && f->gen == st->gen)
+		return TC_ACT_UNSPEC;
+	if (f->state != EBPFW_FORWARD && f->state != EBPFW_PROVING)
+		return TC_ACT_UNSPEC;
+	if (seen_l2(ctx, data, end, &p, sid, &seen))
+		return TC_ACT_UNSPEC;
+	if (f->state == EBPFW_FORWARD && f->oif == ctx->ifindex && same_l2(&f->l2, &seen)) {
+		f->gen = st->gen;
+		count(st, EBPFW_CNT_REPROVED);
+		return TC_ACT_UNSPEC;
+	}
+	if (f->flags & EBPFW_F_REPORTED)
+		return TC_ACT_UNSPEC;
+	f->l2 = seen;
+	f->oif = ctx->ifindex;
+	f->flags |= EBPFW_F_REPORTED;
+	notify_key(st, p.l3proto, in, EBPFW_EV_PROVED);
+	count(st, EBPFW_CNT_PROVED);
+	return TC_ACT_UNSPEC;
 }
 
 char _license[] SEC("license") = "GPL";

@@ -30,9 +30,9 @@ static __always_inline __u32 csum_diff16(__u16 from, __u16 to)
 /* Bytes of L2 header the flow's egress needs in front of the IP header */
 static __always_inline __u32 l2_len_out(const struct ebpfw_flow *f)
 {
-	__u32 len = ETH_HLEN + (f->vlans > 2 ? 2 : f->vlans) * VLAN_HLEN_;
+	__u32 len = ETH_HLEN + (f->l2.vlans > 2 ? 2 : f->l2.vlans) * VLAN_HLEN_;
 
-	return f->flags & EBPFW_F_PPPOE ? len + PPPOE_HLEN : len;
+	return f->l2.pppoe_sid ? len + PPPOE_HLEN : len;
 }
 
 /* Both ends 2-byte aligned (the frame, the flow value): three stores, not six */
@@ -55,22 +55,22 @@ static __always_inline int write_l2(void *data, void *end, const struct ebpfw_fl
 
 	if (data + L2_MAX_LEN > end)
 		return -1;
-	copy_mac(eth->h_dest, f->dmac);
-	copy_mac(eth->h_source, f->smac);
-	if (f->vlans >= 1) {
-		w[0] = f->vlan_tpid;
-		w[1] = bpf_htons(f->vlan_tci[0]);
+	copy_mac(eth->h_dest, f->l2.dmac);
+	copy_mac(eth->h_source, f->l2.smac);
+	if (f->l2.vlans >= 1) {
+		w[0] = f->l2.vlan_tpid;
+		w[1] = bpf_htons(f->l2.vlan_tci[0]);
 		w += 2;
 	}
-	if (f->vlans >= 2) {
+	if (f->l2.vlans >= 2) {
 		w[0] = bpf_htons(ETH_P_8021Q);
-		w[1] = bpf_htons(f->vlan_tci[1]);
+		w[1] = bpf_htons(f->l2.vlan_tci[1]);
 		w += 2;
 	}
-	if (f->flags & EBPFW_F_PPPOE) {
+	if (f->l2.pppoe_sid) {
 		w[0] = bpf_htons(ETH_P_PPP_SES_);
 		w[1] = bpf_htons(0x1100);	/* version 1, type 1, code 0 */
-		w[2] = bpf_htons(f->pppoe_sid);
+		w[2] = bpf_htons(f->l2.pppoe_sid);
 		w[3] = bpf_htons(p->l3_len + 2);
 		w[4] = bpf_htons(p->l3proto == EBPFW_L3_IPV4 ? PPP_IP_ : PPP_IPV6_);
 	} else {

@@ -131,6 +131,17 @@ def forwarded_frame(l2_out: L2, post: maps.Tuple, ttl: int = 64, **kw) -> bytes:
                  / l3l4(post, ttl=ttl - 1, **kw))
 
 
+SKB_SIZE = 192                       # struct __sk_buff
+SKB_INGRESS_IFINDEX, SKB_IFINDEX = 36, 40
+
+
+def skb_ctx(ingress_ifindex: int, ifindex: int = LO_IFINDEX) -> bytes:
+    """A __sk_buff for a TC test run: the device it is on, the one it was received on."""
+    ctx = bytearray(SKB_SIZE)
+    struct.pack_into("=II", ctx, SKB_INGRESS_IFINDEX, ingress_ifindex, ifindex)
+    return bytes(ctx)
+
+
 def checksums_verify(data: bytes) -> bool:
     """Every IP / TCP / UDP checksum in the frame equals what scapy computes."""
     pkt = Ether(data)
@@ -153,23 +164,44 @@ class FastPath:
 
     obj: BpfObject
     events: list[bytes] = field(default_factory=list)
+    gen: int = 0
+    proving: bool = False
 
     def __post_init__(self) -> None:
         self.flows = FlowTables(self.obj.map)
         self.stats_map = self.obj.map("ebpfw_stats")
         self.tx = self.obj.map("ebpfw_tx")
         self.runtime = self.obj.map("ebpfw_runtime")
+        self.egress = {fam: self.obj.map(name) for fam, name in maps.EGRESS_TABLES.items()}
         self.ring = RingBuffer(self.obj.map("ebpfw_events"), self.events.append)
 
     def heartbeat(self, ns: int | None = None) -> None:
-        self.runtime.update(bytes(4), maps.encode_runtime(time.monotonic_ns() if ns is None else ns))
+        self.runtime.update(bytes(4), maps.encode_runtime(
+            time.monotonic_ns() if ns is None else ns, self.gen, self.proving))
+
+    def set_runtime(self, gen: int, proving: bool) -> None:
+        """A new generation / proving state, in force at the next packet: each CPU keeps what
+        it read until the tick changes, so that is forgotten here (the tests cannot wait for
+        a tick deterministically; the daemon does not need to)."""
+        self.gen, self.proving = gen, proving
+        self.heartbeat()
+        tick = maps.Stats.tick.offset
+        slots = [bytearray(v) for v in self.stats_map.lookup_percpu(bytes(4))]
+        for slot in slots:
+            slot[tick:tick + 8] = bytes(8)
+        stride = self.stats_map.percpu_stride
+        self.stats_map.update(bytes(4), b"".join(bytes(s).ljust(stride, b"\0") for s in slots))
 
     def reset(self) -> None:
         for key in list(self.flows.keys()):
             self.flows.delete(key)
+        for table in self.egress.values():
+            for key in list(table.keys()):
+                table.delete(key)
         self.ring.consume()
         self.events.clear()
-        self.heartbeat()
+        self.stats_map.update(bytes(4), bytes(self.stats_map.value_size))   # every CPU: zero
+        self.set_runtime(0, False)
 
     def stats(self) -> dict[maps.Counter, int]:
         return maps.sum_stats(self.stats_map.lookup_percpu(bytes(4)))

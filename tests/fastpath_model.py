@@ -138,6 +138,7 @@ class Model:
 
     tx: set[int]
     decided: dict[bytes, maps.Flow] = field(default_factory=dict)
+    gen: int = 0                       # ebpfw_runtime's generation
     pending: set[bytes] = field(default_factory=set)
 
     def run(self, frame: bytes, ifindex: int, xdp: bool) -> Outcome:
@@ -156,6 +157,10 @@ class Model:
             return out
         if f.state == State.PENDING:
             return self._pass(Counter.PASS_PENDING, p)
+        if f.state == State.PROVING:
+            return self._pass(Counter.PASS_PROVING, p)
+        if f.state in (State.DROP, State.FORWARD) and f.gen != self.gen:
+            return self._pass(Counter.PASS_STALE, p)
         if f.state == State.DROP:   # the fuzz test's verdicts never expire
             f.packets, f.bytes = f.packets + 1, f.bytes + p.l3_len
             return Outcome("drop", {Counter.RX: 1, Counter.DROP: 1}, parsed=p)
@@ -176,7 +181,7 @@ class Model:
              Counter.PASS_UDP_ZERO_CSUM),
             (p.l3_len > f.mtu, Counter.PASS_MTU),
             (xdp and f.oif not in self.tx, Counter.PASS_NO_TX),
-            (not xdp and p.pppoe and not f.flags & maps.F_PPPOE, Counter.PASS_L2_REWRITE),
+            (not xdp and p.pppoe and not f.l2.pppoe_sid, Counter.PASS_L2_REWRITE),
         ]
         for failed, reason in checks:
             if failed:
@@ -192,14 +197,15 @@ class Model:
 # ---- the forwarded frame ------------------------------------------------------------------------
 
 def egress_l2(f: maps.Flow, l3_len: int, family: int) -> bytes:
-    out = bytes(f.dmac) + bytes(f.smac)
-    tpid = int.from_bytes(struct.pack("=H", f.vlan_tpid), "big")   # stored network order
-    if f.vlans >= 1:
-        out += struct.pack("!HH", tpid, f.vlan_tci[0])
-    if f.vlans >= 2:
-        out += struct.pack("!HH", VLAN, f.vlan_tci[1])
-    if f.flags & maps.F_PPPOE:
-        return out + struct.pack("!HHHHH", PPPOE_SES, 0x1100, f.pppoe_sid, l3_len + 2,
+    l2 = f.l2
+    out = bytes(l2.dmac) + bytes(l2.smac)
+    tpid = int.from_bytes(struct.pack("=H", l2.vlan_tpid), "big")   # stored network order
+    if l2.vlans >= 1:
+        out += struct.pack("!HH", tpid, l2.vlan_tci[0])
+    if l2.vlans >= 2:
+        out += struct.pack("!HH", VLAN, l2.vlan_tci[1])
+    if l2.pppoe_sid:
+        return out + struct.pack("!HHHHH", PPPOE_SES, 0x1100, l2.pppoe_sid, l3_len + 2,
                                  0x21 if family == 4 else 0x57)
     return out + struct.pack("!H", IPV4 if family == 4 else IPV6)
 

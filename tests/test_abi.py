@@ -65,7 +65,7 @@ def test_constants_match_header(tmp_path: Path):
         "EBPFW_TX_MAX": maps.TX_MAX, "EBPFW_L3_IPV4": maps.L3_IPV4, "EBPFW_L3_IPV6": maps.L3_IPV6,
         "EBPFW_NO_DSA_PORT": maps.NO_DSA_PORT, "EBPFW_F_NAT": maps.F_NAT,
         "EBPFW_F_CLOSING": maps.F_CLOSING, "EBPFW_F_TC_ONLY": maps.F_TC_ONLY,
-        "EBPFW_F_PPPOE": maps.F_PPPOE,
+        "EBPFW_F_REPORTED": maps.F_REPORTED, "EBPFW_EGRESS_DEFAULT": maps.EGRESS_DEFAULT,
     }
     expected |= {f"EBPFW_{s.name}": s.value for s in maps.State}
     expected |= {f"EBPFW_EV_{e.name}": e.value for e in maps.EventType}

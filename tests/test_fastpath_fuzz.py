@@ -140,18 +140,22 @@ egress = st.builds(lambda vlans, tpid, sid: maps.L2Out(
 def entries(draw: st.DrawFn, t: maps.Tuple) -> tuple[str, bytes | None]:
     # hypothesis prefers early choices: the richest first
     kind = draw(st.sampled_from(["forward", "drop", "none", "pending", "forward", "pass",
-                                 "pending-decided"]))
+                                 "pending-decided", "proving"]))
+    # an entry of an old generation must pass until it is proved again
+    gen = 1 if rarely(draw, 8) else 0
     if kind == "forward":
         value = bytearray(maps.encode_forward(
             t, nat_tuple(t, draw(st.sampled_from(["both", "snat", "dnat", "none"]))),
             draw(st.sampled_from([LO_IFINDEX, LO_IFINDEX, LO_IFINDEX, 0x7FFF])),
             draw(st.sampled_from([1500, 1500, 60, 0, 9000])), draw(egress),
-            tc_only=rarely(draw, 4)))
+            tc_only=rarely(draw, 4), gen=gen))
         if rarely(draw, 6):
             value[maps.Flow.flags.offset] |= maps.F_CLOSING
         return kind, bytes(value)
+    if kind == "proving":
+        return kind, maps.encode_proving(t, nat_tuple(t, "snat"))
     if kind == "drop":
-        return kind, maps.encode_verdict(maps.State.DROP, expires_ns=FAR_FUTURE_NS)
+        return kind, maps.encode_verdict(maps.State.DROP, expires_ns=FAR_FUTURE_NS, gen=gen)
     if kind == "pass":
         return kind, maps.encode_verdict(maps.State.PASS)
     if kind in ("pending", "pending-decided"):

@@ -19,6 +19,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FLOWS_DEFAULT = 65536
 PENDING_DEFAULT = 8192
+EGRESS_DEFAULT = 65536
 EVENTS_BYTES = 256 * 1024
 TX_MAX = 256
 L3_IPV4 = 4
@@ -28,7 +29,7 @@ NO_DSA_PORT = 0xFF
 F_NAT = 1 << 0
 F_CLOSING = 1 << 1
 F_TC_ONLY = 1 << 2
-F_PPPOE = 1 << 3
+F_REPORTED = 1 << 3
 
 
 class State(enum.IntEnum):
@@ -36,11 +37,13 @@ class State(enum.IntEnum):
     PASS = 1
     DROP = 2
     FORWARD = 3
+    PROVING = 4
 
 
 class EventType(enum.IntEnum):
     NEW = 1
     CLOSING = 2
+    PROVED = 3
 
 
 class Counter(enum.IntEnum):
@@ -52,6 +55,8 @@ class Counter(enum.IntEnum):
     PASS = enum.auto()
     EVENT_LOST = enum.auto()
     EVENT_SHED = enum.auto()
+    PROVED = enum.auto()
+    REPROVED = enum.auto()
     REWRITE_ERROR = enum.auto()
     PASS_HEARTBEAT = enum.auto()
     PASS_MULTICAST = enum.auto()
@@ -75,6 +80,8 @@ class Counter(enum.IntEnum):
     PASS_NO_TX = enum.auto()
     PASS_UDP_ZERO_CSUM = enum.auto()
     PASS_L2_REWRITE = enum.auto()
+    PASS_PROVING = enum.auto()
+    PASS_STALE = enum.auto()
     MAX = enum.auto()
 
     @property
@@ -121,6 +128,21 @@ class Key(ctypes.Union):
 KEY4_LEN, KEY6_LEN = ctypes.sizeof(Key4), ctypes.sizeof(Key6)
 # The tables of each family: (decided, pending)
 TABLES = {L3_IPV4: ("ebpfw_flows4", "ebpfw_pending4"), L3_IPV6: ("ebpfw_flows6", "ebpfw_pending6")}
+# The egress index of each family: the tuple a flow leaves with -> its key
+EGRESS_TABLES = {L3_IPV4: "ebpfw_egress4", L3_IPV6: "ebpfw_egress6"}
+
+
+class L2(ctypes.Structure):
+    _c_name_ = "ebpfw_l2"
+    _fields_ = [
+        ("dmac", ctypes.c_uint8 * 6),
+        ("smac", ctypes.c_uint8 * 6),
+        ("vlan_tpid", ctypes.c_uint16),
+        ("vlan_tci", ctypes.c_uint16 * 2),
+        ("pppoe_sid", ctypes.c_uint16),
+        ("vlans", ctypes.c_uint8),
+        ("dsa_port", ctypes.c_uint8),
+    ]
 
 
 class Flow(ctypes.Structure):
@@ -140,14 +162,10 @@ class Flow(ctypes.Structure):
         ("nat_dport", ctypes.c_uint16),
         ("csum_addr", ctypes.c_uint16),
         ("csum_port", ctypes.c_uint16),
-        ("dmac", ctypes.c_uint8 * 6),
-        ("smac", ctypes.c_uint8 * 6),
-        ("vlan_tpid", ctypes.c_uint16),
-        ("vlan_tci", ctypes.c_uint16 * 2),
-        ("pppoe_sid", ctypes.c_uint16),
-        ("vlans", ctypes.c_uint8),
-        ("dsa_port", ctypes.c_uint8),
+        ("l2", L2),
         ("pad", ctypes.c_uint16),
+        ("gen", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
     ]
 
 
@@ -164,7 +182,8 @@ class Event(ctypes.Structure):
 
 class Runtime(ctypes.Structure):
     _c_name_ = "ebpfw_runtime"
-    _fields_ = [("heartbeat_ns", ctypes.c_uint64)]
+    _fields_ = [("heartbeat_ns", ctypes.c_uint64), ("gen", ctypes.c_uint32),
+                ("proving", ctypes.c_uint32)]
 
 
 class Config(ctypes.Structure):
@@ -177,11 +196,12 @@ class Stats(ctypes.Structure):
     _c_name_ = "ebpfw_stats"
     _fields_ = [("counters", ctypes.c_uint64 * Counter.MAX), ("tick", ctypes.c_uint64),
                 ("now_ns", ctypes.c_uint64), ("fresh", ctypes.c_uint64),
+                ("gen", ctypes.c_uint64), ("proving", ctypes.c_uint64),
                 ("ev_credit_ns", ctypes.c_uint64), ("ev_clock_ns", ctypes.c_uint64)]
 
 
 ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
-    Key4, Key6, Key, Flow, Event, Runtime, Config, Stats)
+    Key4, Key6, Key, L2, Flow, Event, Runtime, Config, Stats)
 # NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
 EVENT_RATE = 256
 EVENT_BURST = 256
@@ -277,40 +297,64 @@ def _mac(value: bytes | str) -> bytes:
     return value
 
 
-def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
-                   tc_only: bool = False, last_seen_ns: int = 0) -> bytes:
-    """A FORWARD value for packets matching orig, leaving as post (after NAT)."""
-    if len(l2.vlans) > 2:
-        raise ValueError("at most two VLAN tags")
+def _nat(f: Flow, orig: Tuple, post: Tuple) -> None:
     if orig.l4proto != post.l4proto or orig.l3proto != post.l3proto:
         raise ValueError("NAT cannot change the protocol or the address family")
-    f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, vlans=len(l2.vlans),
-             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=NO_DSA_PORT, last_seen_ns=last_seen_ns)
+    if post == orig:
+        return
+    f.flags |= F_NAT
+    old_addrs = orig.saddr.packed + orig.daddr.packed
+    new_addrs = post.saddr.packed + post.daddr.packed
+    f.nat_saddr[:] = _addr_bytes(post.saddr)
+    f.nat_daddr[:] = _addr_bytes(post.daddr)
+    f.nat_sport = _be16(post.sport)
+    f.nat_dport = _be16(post.dport)
+    f.csum_addr = _be16(csum_diff(old_addrs, new_addrs))
+    f.csum_port = _be16(csum_diff(struct.pack("!HH", orig.sport, orig.dport),
+                                  struct.pack("!HH", post.sport, post.dport)))
+
+
+def encode_l2(l2: L2Out) -> L2:
+    if len(l2.vlans) > 2:
+        raise ValueError("at most two VLAN tags")
+    out = L2(vlans=len(l2.vlans), vlan_tpid=_be16(l2.vlan_tpid) if l2.vlans else 0,
+             pppoe_sid=l2.pppoe_sid or 0, dsa_port=NO_DSA_PORT)
+    for i, tci in enumerate(l2.vlans):
+        out.vlan_tci[i] = tci
+    out.dmac[:] = _mac(l2.dmac)
+    out.smac[:] = _mac(l2.smac)
+    return out
+
+
+def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
+                   tc_only: bool = False, last_seen_ns: int = 0, gen: int = 0) -> bytes:
+    """A FORWARD value for packets matching orig, leaving as post (after NAT), in
+    generation gen."""
+    f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, l2=encode_l2(l2),
+             last_seen_ns=last_seen_ns, gen=gen)
     if tc_only:
         f.flags |= F_TC_ONLY
-    if l2.pppoe_sid is not None:
-        f.flags |= F_PPPOE
-        f.pppoe_sid = l2.pppoe_sid
-    for i, tci in enumerate(l2.vlans):
-        f.vlan_tci[i] = tci
-    f.dmac[:] = _mac(l2.dmac)
-    f.smac[:] = _mac(l2.smac)
-    if post != orig:
-        f.flags |= F_NAT
-        old_addrs = orig.saddr.packed + orig.daddr.packed
-        new_addrs = post.saddr.packed + post.daddr.packed
-        f.nat_saddr[:] = _addr_bytes(post.saddr)
-        f.nat_daddr[:] = _addr_bytes(post.daddr)
-        f.nat_sport = _be16(post.sport)
-        f.nat_dport = _be16(post.dport)
-        f.csum_addr = _be16(csum_diff(old_addrs, new_addrs))
-        f.csum_port = _be16(csum_diff(struct.pack("!HH", orig.sport, orig.dport),
-                                      struct.pack("!HH", post.sport, post.dport)))
+    _nat(f, orig, post)
     return bytes(f)
 
 
-def encode_verdict(state: State, expires_ns: int = 0) -> bytes:
-    return bytes(Flow(state=state, expires_ns=expires_ns, dsa_port=NO_DSA_PORT))
+def encode_proving(orig: Tuple, post: Tuple, last_seen_ns: int = 0) -> bytes:
+    """A PROVING value: the NAT is known (conntrack), the egress not yet."""
+    f = Flow(state=State.PROVING, last_seen_ns=last_seen_ns)
+    f.l2.dsa_port = NO_DSA_PORT
+    _nat(f, orig, post)
+    return bytes(f)
+
+
+def egress_key(post: Tuple) -> bytes:
+    """Key of the egress index: the tuple a flow leaves with, device fields zero."""
+    return encode_key(0, post, dsa_port=0)
+
+
+def encode_verdict(state: State, expires_ns: int = 0, gen: int = 0) -> bytes:
+    f = Flow(state=state, expires_ns=expires_ns, gen=gen)
+    f.l2.dsa_port = NO_DSA_PORT
+    return bytes(f)
 
 
 def decode_flow(raw: bytes) -> Flow:
@@ -337,8 +381,8 @@ def encode_config(heartbeat_timeout_s: float, event_rate: int = EVENT_RATE,
                         event_interval_ns=interval, event_burst_ns=interval * event_burst))
 
 
-def encode_runtime(heartbeat_ns: int) -> bytes:
-    return bytes(Runtime(heartbeat_ns=heartbeat_ns))
+def encode_runtime(heartbeat_ns: int, gen: int = 0, proving: bool = False) -> bytes:
+    return bytes(Runtime(heartbeat_ns=heartbeat_ns, gen=gen, proving=int(proving)))
 
 
 def sum_stats(per_cpu: list[bytes]) -> dict[Counter, int]:

@@ -6,13 +6,23 @@
  * against the BTF of the compiled objects.
  *
  * Flow tables, one pair per address family:
- *   ebpfw_flows4 / ebpfw_flows6     decided entries (FORWARD, DROP, PASS),
- *                                   written by the daemon only
+ *   ebpfw_flows4 / ebpfw_flows6     decided entries (PROVING, FORWARD, DROP,
+ *                                   PASS), written by the daemon
  *   ebpfw_pending4 / ebpfw_pending6 PENDING entries the fast path creates for
  *                                   unknown flows
  * All four are LRU hashes; a flood of new tuples can only evict PENDING
  * entries, never an offloaded flow. The fast path looks in the decided table
  * first, then in the pending one.
+ *
+ * Admission by proof: a flow conntrack accepted is PROVING; the TC egress
+ * program (ebpfw_egress) finds it by the tuple it leaves with after NAT in
+ * ebpfw_egress4 / ebpfw_egress6 (key: that tuple in a flow key whose device
+ * fields are zero; value: the flow's key) when the kernel forwards one of its
+ * packets, writes the L2 header the kernel put on the frame into the flow and
+ * tells the daemon, which makes it FORWARD. A FORWARD entry holds only while
+ * its generation is the runtime's: any change to the ruleset or to routing
+ * starts a new one, and the flow passes until the egress program has seen
+ * the kernel forward it again with the same L2 header (re-proved in place).
  */
 #ifndef __EBPFW_ABI_H
 #define __EBPFW_ABI_H
@@ -23,6 +33,7 @@
 #define EBPFW_PENDING_DEFAULT	8192	/* ebpfw_pending4/6 max_entries unless the loader sets them */
 #define EBPFW_EVENTS_BYTES	(256 * 1024)
 #define EBPFW_TX_MAX		256	/* egress devices in ebpfw_tx */
+#define EBPFW_EGRESS_DEFAULT	65536	/* ebpfw_egress4/6 max_entries unless the loader sets them */
 
 /* struct ebpfw_event.l3proto */
 #define EBPFW_L3_IPV4		4
@@ -67,31 +78,43 @@ union ebpfw_key {
 	struct ebpfw_key6 v6;
 };
 
+/*
+ * The L2 header a flow leaves with, as the kernel wrote it on the egress
+ * device (seen by ebpfw_egress) and as the fast path writes it again.
+ */
+struct ebpfw_l2 {
+	__u8 dmac[6];		/* next hop */
+	__u8 smac[6];		/* egress device */
+	__be16 vlan_tpid;	/* outer tag protocol (802.1Q or 802.1ad) when vlans > 0 */
+	__u16 vlan_tci[2];	/* egress tags, [0] outer, priority bits included */
+	__u16 pppoe_sid;	/* PPPoE session; 0 = none (0 is never a session's id) */
+	__u8 vlans;		/* egress tags to write: 0, 1 or 2 */
+	__u8 dsa_port;		/* egress DSA port (#12); EBPFW_NO_DSA_PORT = none */
+};
+
 /* struct ebpfw_flow.state */
 enum ebpfw_state {
 	EBPFW_PENDING = 0,	/* seen by the fast path, daemon not decided yet */
 	EBPFW_PASS = 1,		/* daemon decided: leave to the stack */
 	EBPFW_DROP = 2,		/* fw4 drops this flow: drop until expires_ns */
-	EBPFW_FORWARD = 3,	/* conntrack accepted it: rewrite and redirect */
+	EBPFW_FORWARD = 3,	/* proved: rewrite and redirect (while its generation holds) */
+	EBPFW_PROVING = 4,	/* conntrack accepted it: pass until the kernel forwards one */
 };
 
 /* struct ebpfw_flow.flags */
 #define EBPFW_F_NAT		(1 << 0)	/* write nat_* addresses and ports */
 #define EBPFW_F_CLOSING		(1 << 1)	/* TCP FIN or RST seen: stack owns it now */
 #define EBPFW_F_TC_ONLY		(1 << 2)	/* egress cannot take XDP frames: XDP passes, TC forwards */
-#define EBPFW_F_PPPOE		(1 << 3)	/* egress in a PPPoE session (pppoe_sid) */
+#define EBPFW_F_REPORTED	(1 << 3)	/* egress seen and the daemon told; it has not answered yet */
 
 /*
  * Flow table value. The BPF side creates PENDING entries and updates the
- * counters, last_seen_ns and the CLOSING flag; everything else is written by
- * the daemon. Counters are plain adds, no locked instruction: a flow's
- * packets arrive on one RX queue, so only packets of one flow handled on two
- * CPUs at the same instant can lose an increment (an under-count).
- *
- * The L2 part (dmac .. dsa_port) is the egress header template. Room is left
- * for what comes next: #12 fills dsa_port (DSA tag push), #11 (admission by
- * proof) adds the L2 header observed on egress after the current fields,
- * which only grows the value; nothing before it moves.
+ * counters, last_seen_ns and the CLOSING flag; ebpfw_egress writes l2, oif,
+ * gen and the REPORTED flag of entries that are PROVING or not of the current
+ * generation; everything else is written by the daemon. Counters are plain
+ * adds, no locked instruction: a flow's packets arrive on one RX queue, so
+ * only packets of one flow handled on two CPUs at the same instant can lose
+ * an increment (an under-count).
  */
 struct ebpfw_flow {
 	__u64 packets;		/* forwarded (FORWARD) or dropped (DROP) by the fast path */
@@ -109,20 +132,17 @@ struct ebpfw_flow {
 	__be16 nat_dport;
 	__be16 csum_addr;	/* ones' complement diff of the address change */
 	__be16 csum_port;	/* ones' complement diff of the port change */
-	__u8 dmac[6];		/* next hop */
-	__u8 smac[6];		/* egress device */
-	__be16 vlan_tpid;	/* outer tag protocol (802.1Q or 802.1ad) when vlans > 0 */
-	__u16 vlan_tci[2];	/* egress tags, [0] outer */
-	__u16 pppoe_sid;	/* egress PPPoE session (EBPFW_F_PPPOE) */
-	__u8 vlans;		/* egress tags to write: 0, 1 or 2 */
-	__u8 dsa_port;		/* egress DSA port; EBPFW_NO_DSA_PORT = none */
+	struct ebpfw_l2 l2;
 	__u16 pad;
+	__u32 gen;		/* FORWARD, DROP: the runtime generation it holds in */
+	__u32 pad2;
 };
 
 /* Ring buffer record types */
 enum ebpfw_event_type {
 	EBPFW_EV_NEW = 1,	/* first packet of an unknown flow; a PENDING entry exists */
 	EBPFW_EV_CLOSING = 2,	/* FORWARD flow saw FIN or RST */
+	EBPFW_EV_PROVED = 3,	/* ebpfw_egress saw the flow leave; its l2 and oif are written */
 };
 
 struct ebpfw_event {
@@ -135,6 +155,8 @@ struct ebpfw_event {
 /* Single entry of ebpfw_runtime, written by the daemon */
 struct ebpfw_runtime {
 	__u64 heartbeat_ns;	/* CLOCK_MONOTONIC of the last sweep; stale = fail open */
+	__u32 gen;		/* FORWARD and DROP entries of another generation pass */
+	__u32 proving;		/* 0: no flow waits for proof, ebpfw_egress does nothing */
 };
 
 /*
@@ -158,6 +180,8 @@ enum ebpfw_counter {
 	EBPFW_CNT_PASS,			/* sum of the pass reasons below */
 	EBPFW_CNT_EVENT_LOST,		/* ring buffer full: daemon misses a flow */
 	EBPFW_CNT_EVENT_SHED,		/* NEW event over the rate limit: the sweep adopts it */
+	EBPFW_CNT_PROVED,		/* egress: a flow's frame seen and reported to the daemon */
+	EBPFW_CNT_REPROVED,		/* egress: a flow of an old generation proved again in place */
 	EBPFW_CNT_REWRITE_ERROR,	/* a helper failed mid-rewrite: dropped (out of memory) */
 	/* pass reasons */
 	EBPFW_PASS_HEARTBEAT,		/* daemon heartbeat stale: fail open */
@@ -182,6 +206,8 @@ enum ebpfw_counter {
 	EBPFW_PASS_NO_TX,		/* egress not in ebpfw_tx (XDP) */
 	EBPFW_PASS_UDP_ZERO_CSUM,	/* IPv6 UDP without checksum (invalid) */
 	EBPFW_PASS_L2_REWRITE,		/* this hook cannot do the L2 change */
+	EBPFW_PASS_PROVING,		/* waiting for the kernel to forward one of the flow's packets */
+	EBPFW_PASS_STALE,		/* of an old generation: waiting to be proved again */
 	EBPFW_CNT_MAX,
 };
 
@@ -196,6 +222,8 @@ struct ebpfw_stats {
 	__u64 tick;		/* jiffies when this CPU last read the clock */
 	__u64 now_ns;		/* coarse CLOCK_MONOTONIC read then */
 	__u64 fresh;		/* the daemon's heartbeat was fresh then */
+	__u64 gen;		/* ebpfw_runtime's gen and proving then */
+	__u64 proving;
 	__u64 ev_credit_ns;	/* NEW event token bucket */
 	__u64 ev_clock_ns;	/* now_ns when the bucket was last filled */
 };
