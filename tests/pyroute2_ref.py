@@ -21,7 +21,7 @@ from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from fw_ebpf.conntrack import CtEntry, IPS_SEQ_ADJUST
 from fw_ebpf.maps import Tuple
-from fw_ebpf.nexthop import AF_BRIDGE, ETH_P_8021Q, Link, RtEvent, is_up
+from fw_ebpf.links import AF_BRIDGE, ETH_P_8021Q, Link, RtEvent, is_up
 from fw_ebpf import netlink as nl
 from fw_ebpf.rtnl import Route, Rule
 
@@ -127,7 +127,7 @@ def _nested(msg: Any, *names: str) -> Any:
 
 
 def link_ref(message: bytes) -> Link:
-    """nexthop.Link from one whole RTM_NEWLINK message, decoded by pyroute2."""
+    """links.Link from one whole RTM_NEWLINK message, decoded by pyroute2."""
     msg = _rt_decode(ifinfmsg, message)
     info = msg.get_attr("IFLA_LINKINFO")
     kind = (_nested(info, "IFLA_INFO_KIND") or "") if info is not None else ""
@@ -207,7 +207,7 @@ def _addr(text: str | None) -> Any:
 
 
 def event_ref(mtype: int, message: bytes) -> RtEvent | None:
-    """nexthop.RtEvent from one whole rtnetlink notification, decoded by pyroute2."""
+    """links.RtEvent from one whole rtnetlink notification, decoded by pyroute2."""
     if mtype not in _EVENT_CLASSES:
         return None
     kind, cls = _EVENT_CLASSES[mtype]

@@ -34,8 +34,9 @@ def _book(n: int, seed: int = 1) -> FlowBook:
         rec = book.add(maps.encode_key(1000 + i % 7, t, vlan=(4094, 4094)))
         rec.state = list(State)[i % len(State)]
         rec.reason = "no conntrack entry; fw4 drop: rule 'Block-some-long-named-thing'"
-        rec.egress = Tuple(t.l4proto, dst if v6 else ipaddress.IPv4Address("198.51.100.250"),
-                           src, 65535, 40000 + i % 20000)
+        rec.egress = maps.tuple_id(Tuple(t.l4proto,
+                                         dst if v6 else ipaddress.IPv4Address("198.51.100.250"),
+                                         src, 65535, 40000 + i % 20000))
         rec.packets = rnd.randrange(1 << 40)
         rec.bytes = rnd.randrange(1 << 50)
         rec.last_seen_ns = 1
@@ -43,7 +44,8 @@ def _book(n: int, seed: int = 1) -> FlowBook:
 
 
 def _api(book: FlowBook) -> Api:
-    return Api(SimpleNamespace(book=book))   # flows only reads the daemon's book
+    # flows reads the daemon's book, and the kernel's entries of FORWARD flows (none here)
+    return Api(SimpleNamespace(book=book, tables=SimpleNamespace(lookup=lambda key: None)))
 
 
 def test_flows_pages_cover_20k_flows_once_sorted_and_every_reply_is_bounded():

@@ -41,7 +41,7 @@ def waiting(fp: FastPath, t: maps.Tuple, post: maps.Tuple, value: bytes) -> byte
     """A flow entry and its egress index entry, as the daemon writes them."""
     key = key_for(t)
     fp.flows.update(key, value)
-    fp.egress[t.l3proto].update(maps.egress_key(post), key.ljust(maps.KEY6_LEN, b"\0"))
+    fp.egress[t.l3proto].update(maps.tuple_id(post), key.ljust(maps.KEY6_LEN, b"\0"))
     return key
 
 

@@ -129,13 +129,13 @@ def pinned_stats(lab: Lab) -> dict[maps.Counter, int]:
         return maps.sum_stats(m.lookup_percpu(bytes(4)))
 
 
-def forwarded_from(lab: Lab, src: str) -> int:
-    """FORWARD entries in the kernel's IPv4 table for flows from src (ip:port)."""
+def decided_from(lab: Lab, src: str, states: set[maps.State]) -> int:
+    """Entries in these states in the kernel's IPv4 table for flows from src (ip:port)."""
     with open_pinned_map(f"{lab.pin_dir}/{maps.TABLES[maps.L3_IPV4][0]}") as m:
         n = 0
         for key, value in m.lookup_batch(4096):
             t = maps.decode_key(key).tuple
-            if f"{t.saddr}:{t.sport}" == src and maps.decode_flow(value).state == maps.State.FORWARD:
+            if f"{t.saddr}:{t.sport}" == src and maps.decode_flow(value).state in states:
                 n += 1
         return n
 
@@ -143,17 +143,23 @@ def forwarded_from(lab: Lab, src: str) -> int:
 def test_new_flows_over_the_event_rate_are_adopted_by_the_sweep(lab: Lab):
     """More new flows at once than the fast path may announce (maps.EVENT_BURST per CPU): the
     rest are shed, counted, and the daemon's sweep finds their PENDING entries all the same.
-    Watched in the kernel's maps: the daemon is busy admitting and answers late."""
+    Each is then admitted (PROVING) and offloaded by the proof of its next datagram. Watched
+    in the kernel's maps: the daemon is busy admitting and answers late."""
     flows = 800   # more than two CPUs' bursts, whichever CPUs they arrive on
-    # one datagram each: neither conntrack nor the idle sweep may end them while the daemon
-    # admits them one by one
+    # one datagram each first: neither conntrack nor the idle sweep may end them while the
+    # daemon admits them one by one
     lab.sh(lab.router, "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=600")
     lab.start_daemon("--idle-timeout", "600")
     script = ROOT / "bench" / "flows.py"
     # ports 3024 on: none a conntrack helper claims (H.323 takes 1719), which no one offloads
-    lab.sh(lab.client, f"{sys.executable} {script} --count {flows} --start 2000 --sport 45000")
+    send = f"{sys.executable} {script} --count {flows} --start 2000 --sport 45000"
+    lab.sh(lab.client, send)
     lab.wait_for(lambda: pinned_stats(lab)[maps.Counter.PASS_MISS] >= flows,
                  what="every flow seen", timeout=DEADLINE)
     assert pinned_stats(lab)[maps.Counter.EVENT_SHED] > 0, "nothing shed: the test proves nothing"
-    lab.wait_for(lambda: forwarded_from(lab, f"{CLIENT4}:45000") == flows,
+    waiting = {maps.State.PROVING, maps.State.FORWARD}
+    lab.wait_for(lambda: decided_from(lab, f"{CLIENT4}:45000", waiting) == flows,
+                 what=f"all {flows} flows admitted", timeout=240, interval=0.5)
+    lab.sh(lab.client, send)    # the next datagram of each: the kernel forwards it, the proof
+    lab.wait_for(lambda: decided_from(lab, f"{CLIENT4}:45000", {maps.State.FORWARD}) == flows,
                  what=f"all {flows} flows offloaded", timeout=240, interval=0.5)

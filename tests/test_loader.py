@@ -48,9 +48,9 @@ def xdp_state(ifname: str) -> tuple[str, int] | None:
     return {1: "xdp", 2: "xdpgeneric"}.get(xdp["mode"], str(xdp["mode"])), xdp["prog"]["id"]
 
 
-def tc_ingress(ifname: str) -> list[dict[str, Any]]:
-    """Filters on clsact ingress (only the entries that carry options: one per filter)."""
-    out = sh("tc", "-j", "filter", "show", "dev", ifname, "ingress").strip()
+def tc_filters(ifname: str, where: str = "ingress") -> list[dict[str, Any]]:
+    """Filters on clsact ingress or egress (only the entries that carry options: one each)."""
+    out = sh("tc", "-j", "filter", "show", "dev", ifname, where).strip()
     return [f for f in json.loads(out or "[]") if f.get("options")]
 
 
@@ -60,7 +60,8 @@ def has_clsact(ifname: str) -> bool:
 
 
 def observe(ifname: str) -> dict[str, Any]:
-    return {"xdp": xdp_state(ifname), "tc": tc_ingress(ifname), "clsact": has_clsact(ifname)}
+    return {"xdp": xdp_state(ifname), "tc": tc_filters(ifname), "egress": tc_filters(ifname, "egress"),
+            "clsact": has_clsact(ifname)}
 
 
 def ours(filters: list[dict[str, Any]], prog_id: int) -> bool:
@@ -78,7 +79,8 @@ def attach_then_detach(pin_dir: str, ifname: str, mode: str) -> dict[str, Any]:
         assert loader.obj is not None
         out: dict[str, Any] = {"used": loader.attach(ifname, mode)}
         out["ids"] = {"xdp": loader.obj.program("ebpfw_xdp").id,
-                      "tc": loader.obj.program("ebpfw_tc").id}
+                      "tc": loader.obj.program("ebpfw_tc").id,
+                      "egress": loader.obj.program("ebpfw_egress").id}
         out["attachments"] = loader.attachments
         out["during"] = observe(ifname)
         out["link_pinned"] = os.path.exists(f"{pin_dir}/link-xdp-{ifname}")
@@ -92,7 +94,7 @@ def attach_then_detach(pin_dir: str, ifname: str, mode: str) -> dict[str, Any]:
 
 
 def assert_clean(after: dict[str, Any], pin_dir: str) -> None:
-    assert after == {"xdp": None, "tc": [], "clsact": False}
+    assert after == {"xdp": None, "tc": [], "egress": [], "clsact": False}
     assert not os.path.exists(pin_dir), os.listdir(pin_dir)
 
 
@@ -103,6 +105,7 @@ def test_xdp_modes_attach_with_a_pinned_link_and_detach_cleanly(
     assert out["used"] == mode and out["attachments"] == {"veth0": mode}
     assert out["during"]["xdp"] == (expect, out["ids"]["xdp"])
     assert out["during"]["tc"] == [] and out["link_pinned"]
+    assert ours(out["during"]["egress"], out["ids"]["egress"])   # the proof, always
     assert out["attachments_after"] == {}
     assert_clean(out["after"], pin_dir)
 
@@ -112,13 +115,16 @@ def test_tc_mode_adds_our_filter_and_removes_the_clsact_it_created(ns: str, pin_
     assert out["used"] == "tc"
     assert out["during"]["xdp"] is None and out["during"]["clsact"]
     assert ours(out["during"]["tc"], out["ids"]["tc"]), out["during"]["tc"]
+    assert ours(out["during"]["egress"], out["ids"]["egress"]), out["during"]["egress"]
     assert_clean(out["after"], pin_dir)
 
 
-def test_auto_prefers_native_xdp_on_veth(ns: str, pin_dir: str) -> None:
+def test_auto_is_native_xdp_with_tc_beside_it_on_veth(ns: str, pin_dir: str) -> None:
     out = run_in_netns(ns, attach_then_detach, pin_dir, "veth0", "auto")
-    assert out["used"] == "xdp" and out["attachments"] == {"veth0": "xdp"}
+    assert out["used"] == "xdp+tc" and out["attachments"] == {"veth0": "xdp+tc"}
     assert out["during"]["xdp"] == ("xdp", out["ids"]["xdp"])
+    assert ours(out["during"]["tc"], out["ids"]["tc"])
+    assert ours(out["during"]["egress"], out["ids"]["egress"])
     assert_clean(out["after"], pin_dir)
 
 
@@ -126,7 +132,7 @@ def test_auto_falls_back_to_generic_xdp_without_driver_support(ns: str, pin_dir:
     sh("ip", "-n", ns, "link", "add", "br0", "type", "bridge")  # bridges have no native XDP
     sh("ip", "-n", ns, "link", "set", "br0", "up")
     out = run_in_netns(ns, attach_then_detach, pin_dir, "br0", "auto")
-    assert out["used"] == "xdp-generic"
+    assert out["used"] == "xdp-generic+tc"
     assert out["during"]["xdp"] == ("xdpgeneric", out["ids"]["xdp"])
     assert_clean(out["after"], pin_dir)
 
@@ -145,7 +151,7 @@ def test_failed_native_xdp_names_the_interface_and_leaves_nothing(ns: str, pin_d
     sh("ip", "-n", ns, "link", "add", "br0", "type", "bridge")
     msg, seen, attachments, pins = run_in_netns(ns, native_on_bridge, pin_dir)
     assert msg == "br0: the driver has no native XDP support; use mode xdp-generic or tc"
-    assert seen == {"xdp": None, "tc": [], "clsact": False}
+    assert seen == {"xdp": None, "tc": [], "egress": [], "clsact": False}
     assert attachments == {} and not any(p.startswith("link-") for p in pins)
 
 
@@ -153,7 +159,7 @@ def detach_beside_foreign_filter(pin_dir: str) -> dict[str, Any]:
     with Loader(OBJ, pin_dir=pin_dir) as loader:
         loader.load()
         loader.attach("veth0", "tc")
-        during = tc_ingress("veth0")
+        during = tc_filters("veth0")
         loader.detach("veth0")
         loader.unpin()
         return {"during": during, "after": observe("veth0")}

@@ -21,6 +21,7 @@ from fw_ebpf import maps
 
 if TYPE_CHECKING:
     from fw_ebpf.daemon import Daemon
+    from fw_ebpf.flows import FlowRecord
 
 L4_NAMES = {6: "tcp", 17: "udp"}
 FLOWS_LIMIT_DEFAULT = 100
@@ -104,6 +105,10 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "last_sweep_ms": round(d.last_sweep_s * 1000, 2),
         "admission_ms": _percentiles(list(d.admission_ms)),
         "fw4_model": d.fw4.status() if d.settings.early_drop else {"state": "early drop off"},
+        # every change to the ruleset or to routing starts a generation: flows are proved again
+        "generation": {"number": d.tables.gen, "why": d.upkeep.generation_why,
+                       "age_s": round(time.monotonic() - d.upkeep.generation_at, 1),
+                       "waiting": d.upkeep.stale, "proving": d.tables.proving},
         "settings": {"idle_timeout": d.settings.idle_timeout, "flows_max": d.settings.flows_max,
                      "sweep_interval": d.settings.sweep_interval,
                      "heartbeat_timeout": d.settings.heartbeat_timeout},
@@ -143,16 +148,17 @@ def flows(d: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     if sort != "none":
         recs.sort(key=lambda r: getattr(r, sort), reverse=True)
     now_ns = time.monotonic_ns()
-    page = [_flow(r, now_ns) for r in recs[offset:offset + limit]]
+    page = [_flow(d, r, now_ns) for r in recs[offset:offset + limit]]
     return {"total": len(recs), "offset": offset, "limit": limit, "flows": page}
 
 
-def _flow(rec: Any, now_ns: int) -> dict[str, Any]:
-    t = rec.info.tuple
+def _flow(d: Daemon, rec: FlowRecord, now_ns: int) -> dict[str, Any]:
+    info = rec.info
+    t = info.tuple
     item: dict[str, Any] = {
         "state": rec.state.name.lower(),
         "reason": rec.reason,
-        "ifindex": rec.info.ifindex,
+        "ifindex": info.ifindex,
         "family": t.saddr.version,
         "proto": L4_NAMES.get(t.l4proto, str(t.l4proto)),
         "src": f"{_host(t.saddr)}:{t.sport}",
@@ -161,19 +167,29 @@ def _flow(rec: Any, now_ns: int) -> dict[str, Any]:
         "bytes": rec.bytes,
         "age_s": round(max(0.0, time.monotonic() - rec.created), 2),
     }
-    if rec.info.vlan != (0, 0):
-        item["vlan"] = list(rec.info.vlan)
-    if rec.info.pppoe_sid:
-        item["pppoe_sid"] = rec.info.pppoe_sid
-    if rec.direction is not None:
-        item["direction"] = rec.direction.name.lower()
-    if rec.egress is not None and rec.egress != t:
-        item["nat_src"] = f"{_host(rec.egress.saddr)}:{rec.egress.sport}"
-        item["nat_dst"] = f"{_host(rec.egress.daddr)}:{rec.egress.dport}"
-    if rec.nexthop is not None:
-        item["oif"] = rec.nexthop.oif
-        item["dmac"] = rec.nexthop.dmac.hex(":")
-        item["hook"] = "tc" if rec.tc_only else "any"
+    if info.vlan != (0, 0):
+        item["vlan"] = list(info.vlan)
+    if info.pppoe_sid:
+        item["pppoe_sid"] = info.pppoe_sid
+    if rec.direction >= 0:
+        item["direction"] = ("original", "reply")[rec.direction]
+    if rec.egress is not None:
+        out = maps.decode_key(rec.egress).tuple
+        if out != t:
+            item["nat_src"] = f"{_host(out.saddr)}:{out.sport}"
+            item["nat_dst"] = f"{_host(out.daddr)}:{out.dport}"
+    raw = d.tables.lookup(rec.key) if rec.state == maps.State.FORWARD else None
+    if raw is not None:
+        # where and how it leaves, as the kernel was seen sending it
+        f = maps.decode_flow(raw)
+        item["oif"] = f.oif
+        item["dmac"] = bytes(f.l2.dmac).hex(":")
+        if f.l2.vlans:
+            item["vlan_out"] = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]]
+        if f.l2.pppoe_sid:
+            item["pppoe_sid_out"] = f.l2.pppoe_sid
+        xdp, _tc = d.loader.hooks(info.ifindex)
+        item["hook"] = "tc" if f.flags & maps.F_TC_ONLY or not xdp else xdp
     if rec.last_seen_ns:
         item["idle_s"] = round(max(0, now_ns - rec.last_seen_ns) / 1e9, 2)
     return item

@@ -1,13 +1,15 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""The fast path's four flow tables seen as one map.
+"""The fast path's tables seen as one store: flows, the egress index, the runtime word.
 
 A key goes to the IPv4 or the IPv6 tables by its length (maps.encode_key), a value to the
-decided table (FORWARD, DROP, PASS) or the pending one by its state. The fast path creates
-PENDING entries in the pending tables only, so a flood of new tuples can evict PENDING entries
-but never a decided one; this class keeps the daemon's PENDING entries there too.
+decided table (PROVING, FORWARD, DROP, PASS) or the pending one by its state. The fast path
+creates PENDING entries in the pending tables only, so a flood of new tuples can evict PENDING
+entries but never a decided one; this class keeps the daemon's PENDING entries there too. The
+egress index maps the tuple a flow leaves with to its key, for the proof (ebpfw_egress).
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterator
 
 from fw_ebpf import maps
@@ -20,6 +22,11 @@ class FlowTables:
     def __init__(self, map_of: Callable[[str], BpfMap]) -> None:
         self._decided = {fam: map_of(names[0]) for fam, names in maps.TABLES.items()}
         self._pending = {fam: map_of(names[1]) for fam, names in maps.TABLES.items()}
+        self._egress = {fam: map_of(name) for fam, name in maps.EGRESS_TABLES.items()}
+        self._runtime = map_of("ebpfw_runtime")
+        raw = self._runtime.lookup(bytes(4))
+        was = maps.Runtime.from_buffer_copy(raw) if raw else maps.Runtime()
+        self.gen, self.proving = was.gen, bool(was.proving)   # what a pinned runtime held
 
     def _pair(self, key: bytes) -> tuple[BpfMap, BpfMap]:
         fam = maps.key_family(key)
@@ -29,6 +36,9 @@ class FlowTables:
         decided, pending = self._pair(key)
         value = decided.lookup(key)
         return value if value is not None else pending.lookup(key)
+
+    def lookup_pending(self, key: bytes) -> bytes | None:
+        return self._pair(key)[1].lookup(key)
 
     def update(self, key: bytes, value: bytes) -> None:
         """Writes the entry to the table its state belongs in and removes it from the other
@@ -61,3 +71,47 @@ class FlowTables:
                 else:
                     out.append((key, value))
         return out
+
+    # -- the egress index -------------------------------------------------------------------
+
+    def index(self, egress: bytes, key: bytes) -> None:
+        """The flow with this key leaves with the tuple egress (a maps.tuple_id)."""
+        self._egress[maps.key_family(egress)].update(egress, key.ljust(maps.KEY6_LEN, b"\0"))
+
+    def unindex(self, egress: bytes) -> None:
+        self._egress[maps.key_family(egress)].delete(egress)
+
+    def indexed(self) -> list[tuple[bytes, bytes]]:
+        """(egress tuple_id, key) of every index entry."""
+        out = []
+        for fam, table in self._egress.items():
+            size = maps.KEY4_LEN if fam == maps.L3_IPV4 else maps.KEY6_LEN
+            out += [(egress, key[:size]) for egress, key in table.lookup_batch(256)]
+        return out
+
+    def clear(self) -> int:
+        """Every flow and index entry gone; how many flow entries there were."""
+        n = 0
+        for table in (*self._decided.values(), *self._pending.values(), *self._egress.values()):
+            for key in list(table.keys()):
+                n += table.delete(key) and table not in self._egress.values()
+        return n
+
+    # -- the runtime word the fast path reads once a tick -----------------------------------
+
+    def heartbeat(self) -> None:
+        self._runtime.update(bytes(4), maps.encode_runtime(time.monotonic_ns(), self.gen,
+                                                           self.proving))
+
+    def new_generation(self) -> int:
+        """Every FORWARD and DROP entry of the current generation stops holding (in force one
+        tick later on every CPU); the egress program is told to look."""
+        self.gen = (self.gen + 1) & 0xFFFFFFFF
+        self.proving = True
+        self.heartbeat()
+        return self.gen
+
+    def set_proving(self, proving: bool) -> None:
+        if proving != self.proving:
+            self.proving = proving
+            self.heartbeat()

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from . import netlink as nl
 from . import nftevents, rtnl
 from .fw4sets import Element, SetError, kernel_elements
-from .nexthop import link_from_msg
+from .links import link_from_msg
 
 _JSON, _TERSE = 1 << 4, 1 << 11     # NFT_CTX_OUTPUT_* in libnftables.h
 # BPF classifiers that belong to ebpfw (loader.py's programs) and set no mark

@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Load the fast-path object, pin its maps, attach it to interfaces and detach it again.
 
-XDP attachments are bpf_links pinned in the pin dir, so they survive a daemon crash and a
-restarted daemon replaces the program in place. TC attachments are a cls_bpf filter with our own
-handle and priority on a clsact qdisc; the qdisc is removed only if we created it and nothing
-else is left on it. That we created it is recorded in the pin dir (the TC program pinned as
-`tc-clsact-<ifname>`), so a daemon restarted after a crash still knows. The loader never removes
-what it did not attach.
+Every interface gets the proof (ebpfw_egress on TC egress) and an ingress fast path: XDP
+(native or generic), TC ingress, or in `auto` both, so that a flow whose egress cannot take an
+XDP redirect is forwarded from TC on the same ingress. XDP attachments are bpf_links pinned in
+the pin dir, so they survive a daemon crash and a restarted daemon replaces the program in
+place. TC attachments are cls_bpf filters with our own handle and priority on a clsact qdisc;
+the qdisc is removed only if we created it and nothing else is left on it. That we created it
+is recorded in the pin dir (the TC program pinned as `tc-clsact-<ifname>`), so a daemon
+restarted after a crash still knows. The loader never removes what it did not attach.
 """
 from __future__ import annotations
 
@@ -32,10 +34,11 @@ DEV_OBJ_DIR = str(Path(__file__).resolve().parents[2] / "build")  # repo checkou
 
 RODATA_SECTION = ".rodata.config"
 FLOW_MAPS = tuple(name for pair in maps.TABLES.values() for name in pair)
+EGRESS_MAPS = tuple(maps.EGRESS_TABLES.values())
 # ebpfw_tx is not pinned: libbpf 1.1 cannot reuse a pinned devmap (the kernel adds
 # BPF_F_RDONLY_PROG to its flags), and the daemon refills it from the re-adopted flows
-PINNED_MAPS = (*FLOW_MAPS, "ebpfw_stats", "ebpfw_runtime")
-XDP_PROG, TC_PROG = "ebpfw_xdp", "ebpfw_tc"
+PINNED_MAPS = (*FLOW_MAPS, *EGRESS_MAPS, "ebpfw_stats", "ebpfw_runtime")
+XDP_PROG, TC_PROG, EGRESS_PROG = "ebpfw_xdp", "ebpfw_tc", "ebpfw_egress"
 
 # cls_bpf identity on clsact ingress. qosify uses prio 0x110.., bridger 0xbb00..0xbb03; lower
 # prio runs first, so ours runs after both and never hides their classification.
@@ -44,7 +47,6 @@ TC_PRIORITY = 0xEB00
 TC_PARENT_INGRESS, TC_PARENT_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 
 MODES = ("xdp", "xdp-generic", "tc", "auto")
-AUTO_ORDER = ("xdp", "xdp-generic", "tc")
 _XDP_MODE = {"xdp": "native", "xdp-generic": "generic"}
 
 
@@ -105,10 +107,19 @@ def _mount_bpffs(path: str = BPFFS) -> None:
 
 @dataclass
 class _Attachment:
-    mode: str
     ifindex: int
-    link: Link | None = None  # XDP
-    created_clsact: bool = False  # TC
+    xdp: str | None = None          # "xdp" (native) or "xdp-generic"
+    link: Link | None = None        # the XDP link
+    tc_ingress: bool = False
+    created_clsact: bool = False
+
+    @property
+    def mode(self) -> str:
+        """What carries flows entering here: "xdp", "xdp-generic", "tc", or XDP with TC
+        beside it ("xdp+tc") for the flows XDP cannot send."""
+        if self.xdp and self.tc_ingress:
+            return f"{self.xdp}+tc"
+        return self.xdp or "tc"
 
 
 class Loader:
@@ -155,6 +166,8 @@ class Loader:
                 for decided, pending in maps.TABLES.values():
                     obj.set_max_entries(decided, self.flows_max)
                     obj.set_max_entries(pending, pending_size(self.flows_max))
+                for egress in EGRESS_MAPS:
+                    obj.set_max_entries(egress, self.flows_max)
             reused = []
             for name in PINNED_MAPS:
                 path = self._pin_path(name)
@@ -202,8 +215,15 @@ class Loader:
     def attachments(self) -> dict[str, str]:
         return {ifname: a.mode for ifname, a in self._attached.items()}
 
+    def hooks(self, ifindex: int) -> tuple[str | None, bool]:
+        """(XDP kind or None, TC ingress) of the attached interface with this index."""
+        for att in self._attached.values():
+            if att.ifindex == ifindex:
+                return att.xdp, att.tc_ingress
+        return None, False
+
     def attach(self, ifname: str, mode: str = "auto") -> str:
-        """Attach to ifname; returns the mode used ("auto" tries xdp, xdp-generic, tc)."""
+        """Attach to ifname; returns what carries its flows (see _Attachment.mode)."""
         if mode not in MODES:
             raise ValueError(f"{ifname}: unknown attach mode {mode!r} "
                              f"(use one of {', '.join(MODES)})")
@@ -217,29 +237,39 @@ class Loader:
             if current.ifindex == ifindex and mode in ("auto", current.mode):
                 return current.mode
             self.detach(ifname)
-        if mode != "auto":
-            self._attached[ifname] = self._attach_mode(ifname, ifindex, mode)
-            return mode
-        failures: list[BpfError] = []
-        for candidate in AUTO_ORDER:
+        att = _Attachment(ifindex)
+        self._attached[ifname] = att   # detach() undoes whatever part was done
+        try:
+            # the proof first, the fast paths after: nothing is forwarded unproved
+            att.created_clsact = self._attach_tc(ifname, ifindex, EGRESS_PROG, egress=True)
+            if mode in ("tc", "auto"):
+                self._attach_tc(ifname, ifindex, TC_PROG, egress=False)
+                att.tc_ingress = True
+            if mode == "auto":
+                self._attach_xdp_auto(ifname, att)
+            elif mode != "tc":
+                att.link = self._attach_xdp(ifname, ifindex, mode)
+                att.xdp = mode
+        except BaseException:
+            self.detach(ifname)
+            raise
+        return att.mode
+
+    def _attach_xdp_auto(self, ifname: str, att: _Attachment) -> None:
+        """Native XDP where the driver has it, else generic; TC alone if neither works."""
+        failures = []
+        for kind in _XDP_MODE:
             try:
-                self._attached[ifname] = self._attach_mode(ifname, ifindex, candidate)
+                att.link = self._attach_xdp(ifname, att.ifindex, kind)
             except BpfError as e:
-                failures.append(e)
-                log.debug("%s: mode %s failed: %s", ifname, candidate, e)
+                failures.append(f"{kind}: {e}")
                 continue
-            why = "; ".join(f"{m} failed: {e}" for m, e in zip(AUTO_ORDER, failures))
-            log.info("%s: attached with mode %s%s", ifname, candidate, f" ({why})" if why else "")
-            return candidate
-        raise BpfError(failures[-1].errno or errno.EINVAL, f"{ifname}: no attach mode worked: "
-                       + "; ".join(f"{m}: {e}" for m, e in zip(AUTO_ORDER, failures)))
+            att.xdp = kind
+            break
+        log.info("%s: attached %s%s", ifname, att.mode,
+                 f" ({'; '.join(failures)})" if failures else "")
 
-    def _attach_mode(self, ifname: str, ifindex: int, mode: str) -> _Attachment:
-        if mode == "tc":
-            return self._attach_tc(ifname, ifindex)
-        return self._attach_xdp(ifname, ifindex, mode)
-
-    def _attach_xdp(self, ifname: str, ifindex: int, mode: str) -> _Attachment:
+    def _attach_xdp(self, ifname: str, ifindex: int, mode: str) -> Link:
         prog, pin = self._loaded().program(XDP_PROG), self._link_pin(ifname)
         link = self._adopt_link(ifname, ifindex, _XDP_MODE[mode], prog.fd)
         if link is None:
@@ -249,7 +279,7 @@ class Loader:
             except BaseException:
                 link.close()  # never pinned: closing detaches
                 raise
-        return _Attachment(mode, ifindex, link=link)
+        return link
 
     def _adopt_link(self, ifname: str, ifindex: int, xdp_mode: str, prog_fd: int) -> Link | None:
         """Re-adopt the link a previous run pinned (no gap in forwarding), or clear it away."""
@@ -278,8 +308,10 @@ class Loader:
         link.close()
         return None
 
-    def _attach_tc(self, ifname: str, ifindex: int) -> _Attachment:
-        prog = self._loaded().program(TC_PROG)
+    def _attach_tc(self, ifname: str, ifindex: int, program: str, egress: bool) -> bool:
+        """Our filter on clsact ingress or egress; True if the clsact is ours (created now or
+        by an earlier run)."""
+        prog = self._loaded().program(program)
         marker = self._clsact_pin(ifname)
         # asking first: creating over an existing qdisc makes libbpf log a kernel error
         created = not has_clsact(ifindex) and libbpf.tc_hook_create(ifindex)
@@ -287,48 +319,42 @@ class Loader:
             if created:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(marker)   # from a device of that name that has gone since
-                prog.pin(marker)
+                self._loaded().program(TC_PROG).pin(marker)
             # replace: a filter at our handle/priority is ours from an earlier run
-            libbpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=True)
+            libbpf.tc_attach(ifindex, prog.fd, TC_HANDLE, TC_PRIORITY, replace=True, egress=egress)
         except BaseException:
             if created:
                 libbpf.tc_hook_destroy(ifindex)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(marker)
             raise
-        return _Attachment("tc", ifindex, created_clsact=os.path.exists(marker))
+        return os.path.exists(marker)
 
     def detach(self, ifname: str) -> None:
-        """Remove what this loader attached to ifname (and a stale XDP link pin of ours)."""
+        """Remove what this loader attached to ifname (and what an earlier run of ours left)."""
         att = self._attached.pop(ifname, None)
-        pin = self._link_pin(ifname)
-        if att is None:   # left by an earlier run: an XDP link, or a TC filter on our clsact
-            if os.path.exists(pin):
-                with libbpf.open_pinned_link(pin) as link:
-                    with contextlib.suppress(BpfError):
-                        link.detach()
-                    link.unpin(pin)
-            marker = self._clsact_pin(ifname)
-            if os.path.exists(marker):
-                with contextlib.suppress(OSError):
-                    ifindex = socket.if_nametoindex(ifname)
-                    libbpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY)
-                    if tc_filter_count(ifindex) == 0:
-                        libbpf.tc_hook_destroy(ifindex)
-                os.unlink(marker)
-            return
-        if att.link is not None:
+        pin, marker = self._link_pin(ifname), self._clsact_pin(ifname)
+        if att is not None and att.link is not None:
             att.link.unpin(pin)
             att.link.close()  # last reference: the kernel detaches the program
-        else:
-            if _ifindex_alive(att.ifindex):  # else the device took its filters along
-                libbpf.tc_detach(att.ifindex, TC_HANDLE, TC_PRIORITY)
-                if att.created_clsact and tc_filter_count(att.ifindex) == 0:
-                    libbpf.tc_hook_destroy(att.ifindex)
-            # the qdisc is gone, or others use it now: either way no longer ours to remove
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._clsact_pin(ifname))
-        log.info("%s: detached (%s)", ifname, att.mode)
+        elif os.path.exists(pin):   # an earlier run's
+            with libbpf.open_pinned_link(pin) as link:
+                with contextlib.suppress(BpfError):
+                    link.detach()
+                link.unpin(pin)
+        ifindex = att.ifindex if att is not None else _ifindex_of(ifname)
+        if ifindex is not None and _ifindex_alive(ifindex):   # else it took its filters along
+            for parent, egress in ((TC_PARENT_INGRESS, False), (TC_PARENT_EGRESS, True)):
+                if any(f.handle == TC_HANDLE and f.priority == TC_PRIORITY
+                       for f in rtnl.tc_filters(ifindex, (parent,))):
+                    libbpf.tc_detach(ifindex, TC_HANDLE, TC_PRIORITY, egress=egress)
+            if os.path.exists(marker) and tc_filter_count(ifindex) == 0:
+                libbpf.tc_hook_destroy(ifindex)
+        # the qdisc is gone, or others use it now: either way no longer ours to remove
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(marker)
+        if att is not None:
+            log.info("%s: detached (%s)", ifname, att.mode)
 
     def detach_all(self) -> None:
         errors = []
@@ -364,6 +390,13 @@ class Loader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ifindex_of(ifname: str) -> int | None:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return None
 
 
 def _ifindex_alive(ifindex: int) -> bool:

@@ -346,9 +346,18 @@ def encode_proving(orig: Tuple, post: Tuple, last_seen_ns: int = 0) -> bytes:
     return bytes(f)
 
 
-def egress_key(post: Tuple) -> bytes:
-    """Key of the egress index: the tuple a flow leaves with, device fields zero."""
-    return encode_key(0, post, dsa_port=0)
+def tuple_id(t: Tuple) -> bytes:
+    """A tuple as the bytes of a key whose device fields are zero: the key of the egress
+    index, and how the daemon stores tuples (they hash fast)."""
+    return encode_key(0, t, dsa_port=0)
+
+
+_DEVICE_FIELDS = Key4.l4proto.offset    # ifindex, vlan, pppoe_sid, dsa_port come first
+
+
+def key_tuple_id(key: bytes) -> bytes:
+    """tuple_id() of the tuple in a flow key."""
+    return bytes(_DEVICE_FIELDS) + key[_DEVICE_FIELDS:]
 
 
 def encode_verdict(state: State, expires_ns: int = 0, gen: int = 0) -> bytes:

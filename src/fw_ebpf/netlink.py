@@ -19,6 +19,7 @@ from typing import Generator, Iterable, Iterator, Literal, Protocol, Self
 # linux/netlink.h
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
+NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 NETLINK_CAP_ACK = 10

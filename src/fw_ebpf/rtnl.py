@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""rtnetlink requests the daemon makes: links, route get, neighbour get, qdiscs, tc filters, XDP.
+"""rtnetlink requests the daemon makes: links, route get, qdiscs, tc filters, XDP programs; and
+the XDP features a driver has (generic netlink family "netdev").
 
 Fixed headers and attribute numbers from linux/rtnetlink.h, if_link.h, neighbour.h and
 pkt_sched.h; messages are decoded by hand (fw_ebpf.netlink) and only as far as the daemon reads
@@ -12,6 +13,7 @@ import contextlib
 import errno
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterable
@@ -98,13 +100,6 @@ def route_from_msg(m: nl.Message) -> Route:
 
 
 @dataclass(frozen=True, slots=True)
-class Neighbour:
-    ifindex: int
-    state: int               # NUD_*
-    lladdr: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class TcFilter:
     kind: str
     priority: int
@@ -173,30 +168,23 @@ class Rtnl(nl.Socket):
             raise self.error(errno.ENODATA, "route get")
         return answers[0]
 
-    def _neigh(self, family: int, ifindex: int, attrs: bytes, what: str) -> Neighbour | None:
-        try:
-            answers = self.request(RTM_GETNEIGH, NDMSG.pack(family, ifindex, 0, 0, 0) + attrs,
-                                   what, "get")
-        except nl.NetlinkError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        if not answers:
-            return None
-        data = answers[0].data
-        _family, index, state, _flags, _type = NDMSG.unpack_from(data)
-        return Neighbour(index, state, nl.attrs(data, NDMSG.size).get(NDA_LLADDR, b""))
-
-    def neigh_get(self, addr: Address, ifindex: int) -> Neighbour | None:
-        family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
-        return self._neigh(family, ifindex, nl.attr(NDA_DST, addr.packed), "neighbour get")
-
-    def fdb_get(self, bridge: int, mac: bytes, vid: int = 0) -> Neighbour | None:
-        """The FDB entry of mac (in VLAN vid) on a bridge; its ifindex is the port."""
-        attrs = nl.attr(NDA_LLADDR, mac) + nl.attr(NDA_MASTER, nl.u32(bridge))
-        if vid:
-            attrs += nl.attr(NDA_VLAN, struct.pack("=H", vid))
-        return self._neigh(AF_BRIDGE, 0, attrs, "fdb get")
+    def neighbours(self, family: int = socket.AF_UNSPEC) -> list[tuple[int, bytes, bytes]]:
+        """(ifindex, address or MAC, link-layer address or port) of every neighbour entry
+        with a link-layer address; AF_BRIDGE: the bridges' FDB entries (MAC, port's ifindex
+        in place of an address)."""
+        out = []
+        for m in self.request(RTM_GETNEIGH, NDMSG.pack(family, 0, 0, 0, 0), "neighbour dump",
+                              "dump"):
+            fam, index, _state, _flags, _type = NDMSG.unpack_from(m.data)
+            a = nl.attrs(m.data, NDMSG.size)
+            lladdr = a.get(NDA_LLADDR)
+            if not lladdr:
+                continue
+            if fam == AF_BRIDGE:
+                out.append((index, lladdr, struct.pack("=I", index)))
+            elif NDA_DST in a:
+                out.append((index, a[NDA_DST], lladdr))
+        return out
 
     def qdiscs(self, ifindex: int) -> list[tuple[int, int, str]]:
         """(handle, parent, kind) of every qdisc of a device."""
@@ -261,3 +249,33 @@ def tc_filters(ifindex: int, parents: Iterable[int]) -> list[TcFilter]:
             with contextlib.suppress(nl.NetlinkError):
                 out += rt.filters(ifindex, parent)
     return out
+
+
+# generic netlink: the controller, and the "netdev" family (Documentation/netlink/specs/netdev.yaml)
+GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 0x10, 3
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+GENLMSGHDR = struct.Struct("=BBxx")      # cmd, version
+NETDEV_CMD_DEV_GET = 1
+NETDEV_A_DEV_IFINDEX, NETDEV_A_DEV_XDP_FEATURES = 1, 3
+NETDEV_XDP_ACT_NDO_XMIT = 1 << 2
+
+
+def xdp_features(ifindex: int) -> int | None:
+    """The device's NETDEV_XDP_ACT_* bits, as its driver says them now; None on a kernel
+    without the netdev family (before 6.3)."""
+    with nl.Socket(nl.NETLINK_GENERIC, "generic netlink") as gen:
+        try:
+            reply = gen.request(GENL_ID_CTRL, GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1)
+                                + nl.attr(CTRL_ATTR_FAMILY_NAME, nl.asciiz("netdev")),
+                                "family netdev", "get")
+        except nl.NetlinkError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        family = nl.get_u16(nl.attrs(reply[0].data, GENLMSGHDR.size).get(CTRL_ATTR_FAMILY_ID))
+        reply = gen.request(family, GENLMSGHDR.pack(NETDEV_CMD_DEV_GET, 1)
+                            + nl.attr(NETDEV_A_DEV_IFINDEX, nl.u32(ifindex)),
+                            f"netdev dev-get {ifindex}", "get")
+    a = nl.attrs(reply[0].data, GENLMSGHDR.size)
+    value = a.get(NETDEV_A_DEV_XDP_FEATURES, b"")
+    return int.from_bytes(value, sys.byteorder) if value else 0

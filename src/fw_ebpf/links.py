@@ -1,10 +1,12 @@
 # SPDX-License-Identifier: GPL-2.0-only
-"""Where a flow's packets go after NAT: route, neighbour, and the device a frame really leaves on.
+"""The router's devices as the daemon needs them: the link table, the L3 device a flow enters
+by (fw4's zones), what an egress device can take (XDP frames, its MTU, shaping), route lookups
+for fw4's policy, and the rtnetlink events that change any of it.
 
-The kernel is asked (rtnetlink) exactly what it would do with a forwarded packet; the walk from
-the routed device down through VLAN devices and bridges to the transmitting port is a pure
-function over a link table, so it is unit tested on synthetic data for the cases (VLAN, QinQ,
-VLAN-filtering bridges) this development kernel cannot build.
+Where a flow's frames leave and with which L2 header is not worked out here: the kernel shows
+it (admission by proof, bpf/ebpfw.c). The walk up from a port through bridges and VLAN devices
+to the L3 input is a pure function over the link table, unit tested on synthetic data for what
+this development kernel cannot build (VLAN devices, VLAN-filtering bridges).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import errno
 import logging
 import socket
 import struct
+import time
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Callable, Literal, Mapping
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal, Mapping
 
 from fw_ebpf import netlink as nl
 from fw_ebpf import rtnl
@@ -25,7 +28,6 @@ from fw_ebpf.rtnl import (AF_BRIDGE, IFADDRMSG, IFINFOMSG, NDMSG, RTEXT_FILTER_B
 log = logging.getLogger(__name__)
 
 Address = IPv4Address | IPv6Address
-WaitFor = Literal["neigh", "fdb", "route", "unsupported"]
 
 ARPHRD_ETHER = 1
 IFF_UP = 0x1
@@ -34,53 +36,25 @@ BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 BR_STATE_FORWARDING = 3
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
-MAX_VLANS = 2
 MAX_DEPTH = 8  # stacked devices followed before giving up (loops in a corrupt table)
-
-# NUD states that carry a usable link-layer address.
-NUD_USABLE = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # REACHABLE STALE DELAY PROBE NOARP PERMANENT
-
-# Devices a frame can be handed to directly (XDP redirect / TC redirect). Physical NICs and Wi-Fi
-# have no rtnl kind. Everything else (tunnels, macvlan, ppp, wireguard, vxlan ...) stays with
-# the stack: on doubt, pass.
-LOWEST_KINDS = frozenset({"", "veth", "dsa", "bond", "team", "tun"})
-RTN_NAMES = {2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
-             7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat", 11: "xresolve"}
+# Qdiscs that shape or schedule: an XDP redirect would skip them, so flows to such a device
+# are forwarded from TC, whose redirect goes through the egress qdisc
+SHAPING_QDISCS = frozenset({"htb", "hfsc", "tbf", "cake", "cbq", "drr", "qfq", "ets", "fq_codel",
+                            "fq", "sfq", "netem", "red", "pie", "fq_pie"})
+CACHE_S = 1.0   # how long a device's qdiscs and XDP features are taken as known
 
 
-class Unresolved(Exception):
-    """No next hop yet; wait_for says which netlink event may change that."""
-
-    def __init__(self, wait_for: WaitFor, reason: str) -> None:
-        super().__init__(reason)
-        self.wait_for: WaitFor = wait_for
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return (Unresolved, (self.wait_for, self.reason))
+class NoL3Input(Exception):
+    """The L3 device a frame is routed from cannot be told (a VLAN nobody listens to, ...)."""
 
 
 class EventsLost(nl.EventsLost):
     """The kernel dropped rtnetlink events (ENOBUFS): every cached decision must be revalidated."""
 
 
-@dataclass(frozen=True, slots=True)
-class NextHop:
-    oif: int                 # lowest device: the one the frame is transmitted on
-    l3_oif: int              # the device the route points at
-    gateway: Address | None
-    neigh: Address           # whose neighbour entry gave dmac: gateway or destination
-    dmac: bytes
-    smac: bytes              # MAC of l3_oif
-    vlans: tuple[int, ...]   # VLAN ids to push on oif, outer first
-    vlan_tpid: int           # TPID of the outer tag; 0 when vlans is empty
-    mtu: int                 # L3 MTU
-    family: int              # socket.AF_INET or socket.AF_INET6
-
-
 @dataclass(frozen=True)
 class Link:
-    """What the walk needs to know about one device (parsed from RTM_NEWLINK)."""
+    """What the daemon needs to know about one device (parsed from RTM_NEWLINK)."""
     index: int
     name: str
     kind: str = ""           # IFLA_INFO_KIND; "" for plain NICs
@@ -102,6 +76,13 @@ class Link:
     @property
     def up(self) -> bool:
         return is_up(self.flags, self.operstate)
+
+    @property
+    def fast_path_view(self) -> tuple[object, ...]:
+        """What a flow forwarded through this device depends on: a link event that changes
+        none of it (statistics, our own XDP attach, ...) changes no flow."""
+        return (self.name, self.mac, self.mtu, self.up, self.master, self.vlan_id, self.parent,
+                self.vlan_filtering)
 
     def pvid(self) -> int:
         return next((v for v, f in self.bridge_vlans.items() if f & BRIDGE_VLAN_INFO_PVID), 0)
@@ -164,82 +145,11 @@ def bridge_vlans_from_msg(m: nl.Message) -> dict[int, int]:
 
 # --------------------------------------------------------------------------- pure walks
 
-FdbLookup = Callable[[int, bytes, int], "int | None"]  # (bridge, mac, vid) -> port ifindex
-
-
 def _get(links: Mapping[int, Link], index: int, what: str) -> Link:
     link = links.get(index)
     if link is None:
-        raise Unresolved("unsupported", f"{what} (ifindex {index}) is not in this namespace")
+        raise NoL3Input(f"{what} (ifindex {index}) is not in this namespace")
     return link
-
-
-def walk_down(links: Mapping[int, Link], l3_oif: int, dmac: bytes,
-              fdb: FdbLookup) -> tuple[int, tuple[int, ...], int]:
-    """From the routed device to the transmitting one: (oif, vlans outer first, outer TPID)."""
-    dev = _get(links, l3_oif, "egress device")
-    tags: list[tuple[int, int]] = []  # (vid, tpid) in the order met; the last one is outermost
-    for _ in range(MAX_DEPTH):
-        if dev.arptype != ARPHRD_ETHER:
-            raise Unresolved("unsupported", f"{dev.name} is not an Ethernet device "
-                                            f"(type {dev.arptype}: PPP or a tunnel)")
-        if dev.kind == "vlan":
-            tags.append((dev.vlan_id, dev.vlan_proto))
-            dev = _get(links, dev.parent, f"real device of {dev.name}")
-        elif dev.kind == "bridge":
-            dev, tags = _bridge_egress(links, dev, dmac, tags, fdb)
-        elif dev.kind in LOWEST_KINDS:
-            break
-        else:
-            raise Unresolved("unsupported", f"egress through {dev.name} ({dev.kind}) "
-                                            "is left to the stack")
-    else:
-        raise Unresolved("unsupported", f"more than {MAX_DEPTH} stacked devices below "
-                                        f"ifindex {l3_oif}")
-    if len(tags) > MAX_VLANS:
-        raise Unresolved("unsupported", f"{len(tags)} VLAN tags towards {dev.name}; "
-                                        f"at most {MAX_VLANS} are offloaded")
-    if len(tags) == 2 and tags[0][1] != ETH_P_8021Q:
-        raise Unresolved("unsupported", f"inner VLAN {tags[0][0]} towards {dev.name} is not "
-                                        "802.1Q")
-    vlans = tuple(vid for vid, _ in reversed(tags))
-    return dev.index, vlans, (tags[-1][1] if tags else 0)
-
-
-def _bridge_egress(links: Mapping[int, Link], br: Link, dmac: bytes,
-                   tags: list[tuple[int, int]], fdb: FdbLookup
-                   ) -> tuple[Link, list[tuple[int, int]]]:
-    tags = list(tags)
-    vid = 0
-    if br.vlan_filtering:
-        # A VLAN-aware bridge consumes the outermost tag as its VLAN; untagged frames
-        # from the bridge device itself travel in the bridge's PVID.
-        if tags:
-            vid, proto = tags.pop()
-            if proto != br.bridge_vlan_proto:
-                raise Unresolved("unsupported", f"tag {proto:#06x} on VLAN-aware {br.name} "
-                                                f"which uses {br.bridge_vlan_proto:#06x}")
-        else:
-            vid = br.pvid()
-            if not vid:
-                raise Unresolved("unsupported", f"{br.name} filters VLANs and has no PVID")
-    port_index = fdb(br.index, dmac, vid)
-    if port_index is None:
-        raise Unresolved("fdb", f"{br.name} has no FDB entry for {mac_text(dmac)}"
-                                + (f" in VLAN {vid}" if vid else ""))
-    port = _get(links, port_index, f"port of {br.name}")
-    if port.master != br.index:
-        raise Unresolved("unsupported", f"FDB of {br.name} points {mac_text(dmac)} at "
-                                        f"{port.name}, which is not one of its ports")
-    if port.port_state != BR_STATE_FORWARDING:
-        raise Unresolved("fdb", f"bridge port {port.name} is not forwarding (STP)")
-    if br.vlan_filtering:
-        flags = port.bridge_vlans.get(vid)
-        if flags is None:
-            raise Unresolved("unsupported", f"VLAN {vid} is not allowed on {port.name}")
-        if not flags & BRIDGE_VLAN_INFO_UNTAGGED:
-            tags.append((vid, br.bridge_vlan_proto))
-    return port, tags
 
 
 def find_l3_input(links: Mapping[int, Link], ifindex: int,
@@ -260,11 +170,11 @@ def find_l3_input(links: Mapping[int, Link], ifindex: int,
             if master.vlan_filtering:
                 vid = tags.pop(0) if tags else dev.pvid()
                 if not vid or vid not in dev.bridge_vlans:
-                    raise Unresolved("unsupported", f"{dev.name} does not admit VLAN "
+                    raise NoL3Input(f"{dev.name} does not admit VLAN "
                                                     f"{vid or 'untagged'} into {master.name}")
                 own = master.bridge_vlans.get(vid)
                 if own is None:
-                    raise Unresolved("unsupported", f"VLAN {vid} is bridged by {master.name}, "
+                    raise NoL3Input(f"VLAN {vid} is bridged by {master.name}, "
                                                     "not routed")
                 if not own & BRIDGE_VLAN_INFO_UNTAGGED:
                     tags.insert(0, vid)  # delivered tagged to the bridge: its VLAN device
@@ -274,29 +184,25 @@ def find_l3_input(links: Mapping[int, Link], ifindex: int,
             dev = master
             continue
         if tags:
-            raise Unresolved("unsupported", f"no VLAN device for VLAN {tags[0]} on {dev.name}")
+            raise NoL3Input(f"no VLAN device for VLAN {tags[0]} on {dev.name}")
         return dev.index
-    raise Unresolved("unsupported", f"more than {MAX_DEPTH} stacked devices above "
+    raise NoL3Input(f"more than {MAX_DEPTH} stacked devices above "
                                     f"ifindex {ifindex}")
 
 
 # --------------------------------------------------------------------------- kernel queries
 
-def _family(addr: Address) -> int:
-    return socket.AF_INET if addr.version == 4 else socket.AF_INET6
-
-
-class NextHopResolver:
-    """Route + neighbour + lowest device for forwarded packets, in the current netns.
-
-    The link table is cached; call invalidate() on every link event.
-    """
+class Links:
+    """The link table (cached; invalidate() on link events), the L3 input of a flow, egress
+    capabilities, and route lookups for fw4's policy, in the current netns."""
 
     def __init__(self) -> None:
         self._rt = rtnl.Rtnl()  # requests only: no event backlog on this socket
         self._links: dict[int, Link] | None = None
+        self._caps: dict[tuple[str, int], tuple[float, object]] = {}
+        self._netdev_family: int | None = None
 
-    def __enter__(self) -> NextHopResolver:
+    def __enter__(self) -> Links:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -307,6 +213,7 @@ class NextHopResolver:
 
     def invalidate(self) -> None:
         self._links = None
+        self._caps.clear()
 
     def links(self) -> Mapping[int, Link]:
         if self._links is None:
@@ -323,51 +230,54 @@ class NextHopResolver:
                     links[lk.index] = replace(lk, bridge_vlans=bridge_vlans_from_msg(m))
         return links
 
-    def _link(self, index: int) -> Link:
+    def link(self, index: int) -> Link | None:
         lk = self.links().get(index)
         if lk is None:  # created since the last load, before its event was handled
             self.invalidate()
-            lk = _get(self.links(), index, "device")
+            lk = self.links().get(index)
         return lk
 
+    def name(self, index: int) -> str:
+        lk = self.link(index)
+        return lk.name if lk else f"ifindex {index}"
+
     def l3_input(self, ifindex: int, vlan: tuple[int, int] = (0, 0)) -> int:
-        self._link(ifindex)
+        if self.link(ifindex) is None:
+            raise NoL3Input(f"ingress device (ifindex {ifindex}) is not in this namespace")
         return find_l3_input(self.links(), ifindex, vlan)
 
-    def resolve(self, daddr: Address | str, saddr: Address | str, iif: int, mark: int = 0,
-                l4proto: int | None = None, sport: int | None = None,
-                dport: int | None = None) -> NextHop:
-        """Next hop of a forwarded packet saddr -> daddr (post-NAT) arriving on iif.
+    # -- what an egress device can take --------------------------------------------------
 
-        iif is the L3 input device from l3_input(), or an ingress port of untagged traffic.
-        """
-        daddr, saddr = ip_address(daddr), ip_address(saddr)
-        if daddr.version != saddr.version:
-            raise ValueError(f"{saddr} and {daddr} are of different IP versions")
-        family = _family(daddr)
-        l3_in = self.l3_input(iif)
-        where = f"{saddr} -> {daddr} from {self._name(l3_in)}"
-        try:
-            route = self._rt.route_get(daddr, saddr, l3_in, mark, l4proto, sport, dport)
-        except nl.NetlinkError as e:
-            raise Unresolved("route", f"no route for {where}: {nl.strerror(e.errno)}") from None
-        if route.type != RTN_UNICAST:
-            kind = RTN_NAMES.get(route.type, str(route.type))
-            raise Unresolved("route", f"{where} is {kind}, not forwarded")
-        l3_oif = route.oif
-        out = self._link(l3_oif)
-        if not out.up:
-            raise Unresolved("route", f"{out.name} (route to {daddr}) is down")
-        neigh = route.gateway or daddr
-        dmac = self._neigh_mac(neigh, out)
-        oif, vlans, tpid = walk_down(self.links(), l3_oif, dmac, self._fdb_port)
-        low = self._link(oif)
-        if not low.up:
-            raise Unresolved("route", f"{low.name} (below {out.name}) is down")
-        mtus = [m for m in (route.mtu, out.mtu) if m]
-        return NextHop(oif=oif, l3_oif=l3_oif, gateway=route.gateway, neigh=neigh, dmac=dmac,
-                       smac=out.mac, vlans=vlans, vlan_tpid=tpid, mtu=min(mtus, default=0),
-                       family=family)
+    def _cached(self, what: str, index: int, get: object) -> object:
+        now = time.monotonic()
+        hit = self._caps.get((what, index))
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1]
+        value = get()  # type: ignore[operator]
+        self._caps[(what, index)] = (now, value)
+        return value
+
+    def mtu(self, index: int) -> int:
+        lk = self.link(index)
+        return lk.mtu if lk else 0
+
+    def shaped(self, index: int) -> bool:
+        """A qdisc that shapes or schedules sits on the device (XDP would skip it)."""
+        return bool(self._cached("shaped",
+                                 index, lambda: bool(rtnl.qdisc_kinds(index) & SHAPING_QDISCS)))
+
+    def takes_xdp(self, index: int, native_xdp_here: bool) -> bool:
+        """The driver transmits XDP frames redirected to it (ndo_xdp_xmit), as the kernel's
+        xdp-features say; a kernel too old to say: only where our native XDP runs (a driver
+        with native XDP has it, as far as routers go)."""
+        def get() -> bool:
+            features = rtnl.xdp_features(index)
+            if features is None:
+                return native_xdp_here
+            return bool(features & rtnl.NETDEV_XDP_ACT_NDO_XMIT)
+        return bool(self._cached("xdp", index, get))
+
+    # -- route lookups for fw4's policy --------------------------------------------------
 
     def _lookup(self, daddr: Address) -> rtnl.Route | None:
         """The route the router itself would use to daddr (no input device), or None."""
@@ -389,31 +299,17 @@ class NextHopResolver:
         link = self.links().get(route.oif)
         return link.name if link else None
 
-    def _name(self, index: int) -> str:
-        lk = self.links().get(index)
-        return lk.name if lk else f"ifindex {index}"
+    def neighbours(self, family: int = socket.AF_UNSPEC) -> list[tuple[int, bytes, bytes]]:
+        return self._rt.neighbours(family)
 
     def pending_messages(self) -> int:
         """Replies received but never read: must stay 0 (a leak otherwise)."""
         return self._rt.queued()
 
-    def _neigh_mac(self, addr: Address, dev: Link) -> bytes:
-        n = self._rt.neigh_get(addr, dev.index)
-        if n is None:
-            raise Unresolved("neigh", f"no neighbour entry for {addr} on {dev.name}")
-        if not n.state & NUD_USABLE or len(n.lladdr) != 6:
-            raise Unresolved("neigh", f"neighbour {addr} on {dev.name} is not resolved "
-                                      f"(state {n.state:#x})")
-        return n.lladdr
-
-    def _fdb_port(self, bridge: int, mac: bytes, vid: int) -> int | None:
-        n = self._rt.fdb_get(bridge, mac, vid)
-        return n.ifindex if n is not None else None
-
 
 # --------------------------------------------------------------------------- events
 
-EventKind = Literal["link", "neigh", "fdb", "route", "addr"]
+EventKind = Literal["link", "brport", "neigh", "fdb", "route", "addr"]
 
 
 @dataclass(frozen=True)
@@ -424,6 +320,8 @@ class RtEvent:
     address: Address | None = None   # neigh dst / route dst / ifaddr
     lladdr: bytes | None = None      # neigh and fdb
     up: bool | None = None           # link
+    link: Link | None = field(default=None, compare=False)   # link "new": the device now
+    port: bytes | None = field(default=None, compare=False)  # brport: its settings, as sent
 
 
 # Policy routing (rule) changes move flows like route changes.
@@ -440,10 +338,13 @@ def event_from_msg(m: nl.Message) -> RtEvent | None:
     action: Literal["new", "del"] = "del" if m.type & 1 else "new"
     data = m.data
     if kind == "link":
-        _f, _t, index, flags, _c = IFINFOMSG.unpack_from(data)
+        family, _t, index, flags, _c = IFINFOMSG.unpack_from(data)
+        if family == AF_BRIDGE:   # a bridge port's own settings: STP state, VLANs, flags
+            return RtEvent("brport", action, index, port=data[IFINFOMSG.size:])
         state = nl.attrs(data, IFINFOMSG.size).get(rtnl.IFLA_OPERSTATE)
         up = action == "new" and is_up(flags, _operstate(state[0]) if state else None)
-        return RtEvent("link", action, index, up=up)
+        return RtEvent("link", action, index, up=up,
+                       link=link_from_msg(m) if action == "new" else None)
     if kind == "neigh":
         family, index, _state, _flags, _type = NDMSG.unpack_from(data)
         a = nl.attrs(data, NDMSG.size)

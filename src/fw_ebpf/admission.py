@@ -1,0 +1,321 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Admission: how a flow comes to be forwarded by the fast path, and how it stops.
+
+    NEW      the fast path saw the first packet of an unknown flow (a PENDING entry)
+    lookup   conntrack, retried while the kernel confirms the connection; none at all: the
+             firewall dropped or rejected it (early drop, if fw4's policy is certain)
+    PROVING  conntrack accepted it: the entry holds the NAT conntrack says, the egress index the
+             tuple it will leave with; the fast path still passes it
+    PROVED   the egress program saw the kernel forward one of its packets, after every
+             netfilter hook, and wrote the device and L2 header into the entry
+    FORWARD  from the hook that can send to that device, in the current generation
+
+A connection's direction has one ingress key: a copy of its tuple arriving elsewhere (spoofed,
+or asymmetric routing) stays with the stack. The other direction is made PROVING as soon as one
+direction is proved, where it will enter: on the device this one leaves by.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import socket
+import time
+from collections import deque
+from typing import Callable, Iterable
+
+from fw_ebpf import maps
+from fw_ebpf.conntrack import Conntrack, CtEntry, CtEvent, Direction
+from fw_ebpf.flows import FlowBook, FlowRecord
+from fw_ebpf.flowtable import FlowTables
+from fw_ebpf.links import Links, NoL3Input
+from fw_ebpf.maps import State, Tuple
+from fw_ebpf.policy import Policy, Query, Verdict
+
+log = logging.getLogger("fw_ebpf.admission")
+
+# Conntrack confirms a flow only after its first packet left the stack: retry this soon
+RETRY_DELAYS = (0.005, 0.02, 0.1, 0.5)
+# How long an early-drop verdict holds before the flow is looked at again
+DROP_TTL_NS = 30 * 10**9
+# Ineligible for good: write PASS rather than asking conntrack on every retry
+FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
+PPPOE_HLEN = 8
+PROVING_REASON = "waiting for the kernel to forward one of its packets"
+
+Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
+
+
+def reverse(t: Tuple) -> Tuple:
+    return Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
+
+
+def drop_ttl_ns(until: float, now: float) -> int:
+    """How long an early-drop verdict may hold: DROP_TTL_NS, and never beyond the next boundary
+    of a time window the verdict depended on (`until`, wall clock)."""
+    if until == math.inf:
+        return DROP_TTL_NS
+    return max(0, min(DROP_TTL_NS, int((until - now) * 1e9)))
+
+
+class Admission:
+    def __init__(self, book: FlowBook, tables: FlowTables, conntrack: Conntrack, links: Links,
+                 hooks: Hooks, policy: Callable[[], Policy | None],
+                 tx_devices: Callable[[], set[int]]) -> None:
+        self.book, self.tables, self.conntrack, self.links = book, tables, conntrack, links
+        self._hooks = hooks
+        self._policy = policy
+        self._tx_devices = tx_devices      # egress devices in the XDP devmap
+        self._retries: list[tuple[float, int, bytes]] = []
+        self._retry_seq = 0
+        self.ct_expiry: dict[bytes, float] = {}     # connection -> its conntrack timeout
+        self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
+
+    # -- events from the fast path --------------------------------------------------------
+
+    def on_new(self, key: bytes) -> None:
+        rec = self.book.add(key)
+        if rec.state != State.PENDING:
+            return
+        if not rec.first_ns:
+            raw = self.tables.lookup_pending(key)
+            # a PENDING entry's last_seen is when the fast path saw the flow's first packet
+            rec.first_ns = maps.FLOW_HEAD.unpack_from(raw)[2] if raw else time.monotonic_ns()
+        self.admit(rec)
+
+    def on_closing(self, key: bytes) -> None:
+        rec = self.book.get(key)
+        if rec is not None and rec.conn is not None:
+            self.evict_connection(rec.conn, "tcp close")
+        else:
+            self.evict(key, "tcp close")
+
+    def on_proved(self, key: bytes) -> None:
+        """The egress program saw this flow leave and wrote where and how into its entry."""
+        rec, raw = self.book.get(key), self.tables.lookup(key)
+        if rec is None or raw is None or rec.egress is None:
+            return      # gone meanwhile, or not ours yet (the sweep adopts what it finds)
+        f = maps.decode_flow(raw)
+        if f.state not in (State.PROVING, State.FORWARD) or not f.flags & maps.F_REPORTED:
+            return
+        first = f.state == State.PROVING
+        ingress = rec.info.ifindex
+        xdp, tc = self._hooks(ingress)
+        tc_only = f.oif not in self._tx_devices() or self.links.shaped(f.oif)
+        if tc_only and not tc:
+            self.write_verdict(rec, State.PASS, f"leaves by {self.links.name(f.oif)}, which "
+                               f"only the tc hook can send to; {self.links.name(ingress)} has "
+                               f"{xdp or 'no'} XDP and no tc hook")
+            return
+        f.state, f.gen = State.FORWARD, self.tables.gen
+        f.mtu = max(0, self.links.mtu(f.oif) - (PPPOE_HLEN if f.l2.pppoe_sid else 0))
+        f.flags &= ~(maps.F_REPORTED | maps.F_TC_ONLY)
+        if tc_only:
+            f.flags |= maps.F_TC_ONLY
+        if first:
+            f.last_seen_ns = time.monotonic_ns()
+        old = self.tables.lookup(key)
+        # packets the fast path counted meanwhile (an old generation's flow) are kept
+        value = bytes(f) if old is None or first else old[:24] + bytes(f)[24:]
+        self.tables.update(key, value)
+        rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
+        log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
+                  "tc" if tc_only else "xdp or tc")
+        if not first:
+            return
+        if rec.first_ns:
+            self.admission_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
+        conn = rec.conn
+        if conn is not None and maps.decode_key(conn).tuple.l4proto == socket.IPPROTO_TCP and \
+                sum(r.state == State.FORWARD for r in self.book.of_connection(conn)) == 1:
+            # the first direction the fast path carries: ACKs the stack saw meanwhile set
+            # MAXACK, and that breaks conntrack's check of the closing RST
+            self.conntrack.set_liberal(maps.decode_key(conn).tuple)
+        self._pair(rec, f)
+
+    # -- deciding a PENDING flow ------------------------------------------------------------
+
+    def admit(self, rec: FlowRecord, attempt: int = 0) -> None:
+        if rec.state != State.PENDING:
+            return
+        found = self.conntrack.lookup(rec.info.tuple)
+        if found is None:
+            self._schedule_retry(rec, attempt)
+            return
+        self.decide(rec, *found)
+
+    def decide(self, rec: FlowRecord, entry: CtEntry, direction: Direction) -> None:
+        why = entry.ineligible_reason()
+        if why is not None and entry.closing:
+            # a late ACK of a closed connection: nothing to wait for, leave no entry behind
+            self.evict(rec.key, f"closing ({why})")
+            return
+        if why is not None:
+            rec.reason = why
+            if why.startswith(FINAL_REASONS):
+                self.write_verdict(rec, State.PASS, why)
+            return   # conntrack update events bring it back when it becomes eligible
+        conn = maps.tuple_id(entry.orig)
+        new_connection = conn not in self.ct_expiry
+        if new_connection and entry.orig.l4proto == socket.IPPROTO_TCP:
+            # before any of it is carried: while one direction is offloaded, the other's
+            # packets reach conntrack acking data it never saw; without this they are INVALID
+            # and fw4's forward chain answers them with a reset
+            self.conntrack.set_liberal(entry.orig)
+        if self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)) \
+                and new_connection:
+            self.ct_expiry[conn] = time.monotonic() + entry.timeout
+
+    def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: Tuple,
+               egress: Tuple) -> bool:
+        """Makes a flow PROVING: the kernel's next forwarded packet of it is the proof."""
+        out = maps.tuple_id(egress)
+        other = self.book.leaving_as(out)
+        if other is not None and other.key != rec.key:
+            self.write_verdict(rec, State.PASS, "this direction of the connection already "
+                               f"enters by {self.links.name(other.info.ifindex)}")
+            return False
+        self.tables.update(rec.key, maps.encode_proving(ingress, egress))
+        self.tables.index(out, rec.key)
+        self.book.bind(rec, conn, direction, out)
+        rec.state, rec.reason, rec.since = State.PROVING, PROVING_REASON, time.monotonic()
+        self.tables.set_proving(True)
+        return True
+
+    def _pair(self, rec: FlowRecord, f: maps.Flow) -> None:
+        """The other direction enters where this one leaves (routing is symmetric, mostly),
+        tagged as this one leaves: it waits for its proof there at once. If it enters
+        elsewhere, its own first packet asks for it like any other flow's."""
+        if rec.conn is None or rec.egress is None:
+            return
+        egress = maps.decode_key(rec.egress).tuple
+        ingress = rec.info.tuple
+        vids = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]] + [0, 0]
+        key = maps.encode_key(f.oif, reverse(egress), vlan=(vids[0], vids[1]),
+                              pppoe_sid=f.l2.pppoe_sid, dsa_port=f.l2.dsa_port)
+        if key == rec.key or self._hooks(f.oif) == (None, False):
+            return
+        other = self.book.add(key)
+        if other.state == State.PENDING:
+            other.first_ns = other.first_ns or time.monotonic_ns()
+            self._prove(other, rec.conn, 1 - rec.direction, reverse(egress), reverse(ingress))
+
+    # -- no connection: what the firewall did with it ---------------------------------------
+
+    def _schedule_retry(self, rec: FlowRecord, attempt: int) -> None:
+        if attempt >= len(RETRY_DELAYS):
+            self._no_conntrack(rec)
+            return
+        self._retry_seq += 1
+        heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAYS[attempt],
+                                       self._retry_seq, rec.key))
+        rec.attempts = attempt + 1
+        rec.reason = "waiting for conntrack"
+
+    @property
+    def next_retry(self) -> float:
+        return self._retries[0][0] if self._retries else math.inf
+
+    def run_retries(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            _, _, key = heapq.heappop(self._retries)
+            rec = self.book.get(key)
+            if rec is not None and rec.state == State.PENDING:
+                self.admit(rec, attempt=rec.attempts)
+
+    def _no_conntrack(self, rec: FlowRecord) -> None:
+        """The kernel kept no connection for this flow: fw4 dropped or rejected its packets.
+
+        Only a verdict the policy is certain is DROP becomes a DROP entry; a REJECT must still
+        be answered by the stack, and anything else stays with it.
+        """
+        rec.reason = "no conntrack entry"
+        policy = self._policy()
+        if policy is None:
+            return
+        info = rec.info
+        t = info.tuple
+        try:
+            in_device = self.links.name(self.links.l3_input(info.ifindex, info.vlan))
+        except NoL3Input:
+            return
+        decision = policy.decide(Query(family=t.saddr.version, l4proto=t.l4proto,
+                                       saddr=t.saddr, daddr=t.daddr, sport=t.sport,
+                                       dport=t.dport, in_device=in_device))
+        rec.reason = f"no conntrack entry; fw4 {decision.verdict.name.lower()}: {decision.reason}"
+        if decision.verdict == Verdict.DROP:
+            ttl_ns = drop_ttl_ns(decision.until, time.time())
+            if ttl_ns <= 0:
+                return
+            self.tables.update(rec.key, maps.encode_verdict(
+                State.DROP, expires_ns=time.monotonic_ns() + ttl_ns, gen=self.tables.gen))
+            rec.state = State.DROP
+            log.debug("early drop %s: %s", t, decision.reason)
+
+    # -- conntrack events -------------------------------------------------------------------
+
+    def on_conntrack(self, events: Iterable[CtEvent]) -> None:
+        for ev in events:
+            if ev.entry is None:
+                continue
+            conn = maps.tuple_id(ev.entry.orig)
+            if ev.kind == "destroy":
+                self.evict_connection(conn, "conntrack destroy")
+                continue
+            for rec in self.book.waiting_for(conn, maps.tuple_id(ev.entry.reply)) + \
+                    self.book.of_connection(conn):
+                if rec.state == State.PENDING:
+                    self.admit(rec)
+
+    def recheck_connections(self) -> None:
+        """After lost conntrack events: every record against what conntrack holds now."""
+        for rec in list(self.book.records.values()):
+            if rec.key not in self.book:
+                continue
+            found = self.conntrack.lookup(rec.info.tuple)
+            if found is None:
+                if rec.conn is not None:
+                    self.evict_connection(rec.conn, "conntrack entry gone")
+                else:
+                    self.evict(rec.key, "no conntrack entry")
+            elif rec.state == State.PENDING:
+                self.decide(rec, *found)
+            elif found[0].ineligible_reason() is not None:
+                self.evict_connection(maps.tuple_id(found[0].orig),
+                                      found[0].ineligible_reason() or "")
+
+    # -- verdicts and eviction ----------------------------------------------------------------
+
+    def write_verdict(self, rec: FlowRecord, state: State, reason: str) -> None:
+        self.tables.update(rec.key, maps.encode_verdict(state, gen=self.tables.gen))
+        self._unindex(rec)
+        rec.state, rec.reason = state, reason
+
+    def _unindex(self, rec: FlowRecord) -> None:
+        if rec.egress is not None and self.book.leaving_as(rec.egress) is rec:
+            self.tables.unindex(rec.egress)
+
+    def evict(self, key: bytes, why: str) -> None:
+        self.tables.delete(key)
+        rec = self.book.get(key)
+        if rec is None:
+            return
+        self._unindex(rec)
+        self.book.remove(key)
+        log.debug("evict %s: %s", rec.info.tuple, why)
+
+    def evict_connection(self, conn: bytes, why: str) -> int:
+        self.ct_expiry.pop(conn, None)
+        recs = self.book.of_connection(conn)
+        for rec in recs:
+            self.evict(rec.key, why)
+        return len(recs)
+
+    def flush(self) -> int:
+        n = len(self.book)
+        for key in list(self.book.records):
+            self.evict(key, "flush")
+        self.tables.clear()
+        self.ct_expiry.clear()
+        return n

@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: GPL-2.0-only
+"""Upkeep: what keeps the flow table true between admissions.
+
+- The sweep, once a sweep_interval: counters and last-seen times into the book, idle flows
+  out, conntrack timeouts of carried flows refreshed, undecided and expired entries out, flows
+  that never got their proof handed back, the heartbeat the fast path fails open without.
+- Generations: any change to the ruleset (nftables, any table, any family), to routing, to a
+  device a flow uses or to a neighbour's or bridge port's address starts a new one. Every
+  FORWARD and DROP entry then passes until the kernel forwards one of its packets again, which
+  the egress program sees and proves in place; early-drop verdicts are made again.
+- Adoption of entries the daemon does not know: a restarted daemon's pinned tables, and
+  PENDING entries whose NEW event the fast path shed or lost.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from typing import Callable
+
+from fw_ebpf import maps
+from fw_ebpf.admission import Admission
+from fw_ebpf.conntrack import Conntrack
+from fw_ebpf.flows import FlowBook
+from fw_ebpf.flowtable import FlowTables
+from fw_ebpf.links import RtEvent
+from fw_ebpf.maps import State
+
+log = logging.getLogger("fw_ebpf.upkeep")
+
+# A PENDING or PASS entry nobody could admit is removed after this, so a later packet asks again
+PENDING_TTL = 10.0
+# PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
+ADOPT_PER_SWEEP = 256
+# A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
+PROOF_SLOW = 3.0
+# Sweeps read the tables in batches of this many entries
+BATCH = 4096
+_GEN = struct.Struct("=I")
+LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
+             "VLAN filtering")   # links.Link.fast_path_view
+_GEN_OFFSET = maps.Flow.gen.offset
+
+
+class Upkeep:
+    def __init__(self, book: FlowBook, tables: FlowTables, admission: Admission,
+                 conntrack: Conntrack, idle_timeout: Callable[[], float],
+                 on_sweep: Callable[[], None]) -> None:
+        self.book, self.tables, self.admission, self.conntrack = book, tables, admission, conntrack
+        self._idle_timeout = idle_timeout
+        self._on_sweep = on_sweep
+        self.last_sweep_s = 0.0
+        self.stale = 0                      # FORWARD entries of an old generation, last sweep
+        self.generation_why = "start"
+        self.generation_at = time.monotonic()
+        # what the current generation was made from: a change to any of it starts a new one
+        self._links: dict[int, tuple[object, ...]] = {}
+        self._brports: dict[int, bytes] = {}
+        self._neighbours: dict[tuple[int, bytes], bytes] = {}
+        self._ports: dict[bytes, int] = {}
+        self._seen_before: object = None
+
+    # -- generations --------------------------------------------------------------------------
+
+    def new_generation(self, why: str) -> None:
+        gen = self.tables.new_generation()
+        self.generation_why, self.generation_at = why, time.monotonic()
+        for rec in self.book.in_state(State.DROP):
+            self.admission.evict(rec.key, "made under another ruleset")
+        log.info("generation %d (%s): flows are proved again by their next packet", gen, why)
+
+    def routing_changed(self, events: list[RtEvent]) -> str | None:
+        """Why these rtnetlink events change what offloaded flows depend on, or None.
+
+        Statistics, a neighbour going STALE with the same address, a bridge refreshing a MAC
+        on the same port or our own XDP attach change nothing; a device's state, address, MTU
+        or master, a neighbour's or a MAC's new place, any route, rule or address do."""
+        for ev in events:
+            if ev.kind in ("addr", "route") and ev.address is not None and \
+                    ev.address.is_link_local:
+                continue    # never the destination of a forwarded packet
+            if ev.kind in ("route", "addr"):
+                return f"{ev.kind} {ev.action} {ev.address or ''}".strip()
+            if ev.kind == "link":
+                view = ev.link.fast_path_view if ev.link is not None else None
+                if view is None:
+                    if self._links.pop(ev.ifindex, None) is not None:
+                        return f"device {ev.ifindex} gone"
+                elif self._changed(self._links, ev.ifindex, view):
+                    old = self._seen_before
+                    fields = [n for n, a, b in zip(LINK_VIEW, old, view) if a != b]
+                    return f"device {view[0]}: {', '.join(fields)} changed"
+            elif ev.kind == "brport" and ev.port is not None:
+                if self._changed(self._brports, ev.ifindex, ev.port):
+                    return f"bridge port {ev.ifindex} changed"
+            elif ev.kind == "neigh" and ev.lladdr is not None and ev.address is not None:
+                if self._changed(self._neighbours, (ev.ifindex, ev.address.packed), ev.lladdr):
+                    return f"neighbour {ev.address} moved"
+            elif ev.kind == "fdb" and ev.lladdr is not None and ev.action == "new":
+                if self._changed(self._ports, ev.lladdr, ev.ifindex):
+                    return "a MAC moved to another bridge port"
+        return None
+
+    def _changed(self, known: dict, key: object, value: object) -> bool:
+        """Records value; True if something else was known for key (first sightings after
+        start are no change: start took stock of everything)."""
+        self._seen_before = known.get(key, value)
+        known[key] = value
+        return self._seen_before != value
+
+    def take_stock(self, links: dict[int, tuple[object, ...]],
+                   neighbours: list[tuple[int, bytes, bytes]],
+                   fdb: list[tuple[int, bytes, bytes]]) -> None:
+        """The devices, neighbours and bridge MACs as they are when the daemon starts; later
+        events are compared to them."""
+        self._links = dict(links)
+        self._neighbours = {(index, addr): lladdr for index, addr, lladdr in neighbours}
+        self._ports = {mac: index for index, mac, _ in fdb}
+
+    # -- the sweep ----------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        start = time.monotonic()
+        self.tables.heartbeat()
+        now_ns = time.monotonic_ns()
+        idle_ns = int(self._idle_timeout() * 1e9)
+        refresh: set[bytes] = set()
+        idle: set[bytes] = set()
+        closing: set[bytes] = set()
+        seen: set[bytes] = set()
+        stale = proving = 0
+        adopt = ADOPT_PER_SWEEP
+        gen = self.tables.gen
+        for key, value in self.tables.lookup_batch(BATCH):
+            seen.add(key)
+            packets, nbytes, last_seen, expires, state, flags = maps.FLOW_HEAD.unpack_from(value)
+            rec = self.book.get(key)
+            if rec is None:
+                if state == State.PENDING:   # a flood must not cost a conntrack lookup each
+                    if adopt == 0:
+                        continue
+                    adopt -= 1
+                self.adopt(key, State(state))
+                continue
+            active = packets != rec.packets
+            rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
+            if rec.state == State.FORWARD and rec.conn is not None:
+                if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
+                    stale += 1
+                    rec.reason = f"waiting to be proved again ({self.generation_why})"
+                elif rec.reason != "offloaded":
+                    rec.reason = "offloaded"
+                if flags & maps.F_CLOSING:   # its CLOSING event was lost
+                    closing.add(rec.conn)
+                elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
+                    idle.add(rec.conn)
+                elif active:
+                    refresh.add(rec.conn)
+            elif rec.state == State.PROVING:
+                waited = start - rec.since
+                if waited > idle_ns / 1e9:
+                    self.admission.evict(key, "never proved")
+                    continue
+                proving += 1
+                if waited > PROOF_SLOW:
+                    rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s since "
+                                  "conntrack accepted it (idle, or a rule drops it)")
+            elif rec.state in (State.PENDING, State.PASS) and start - rec.created > PENDING_TTL:
+                self.admission.evict(key, "undecided")
+            elif rec.state == State.DROP and now_ns >= expires:
+                self.admission.evict(key, "drop verdict expired")
+        for key in [k for k in self.book.records if k not in seen]:
+            self.admission.evict(key, "evicted from the table")   # the LRU took it
+        for conn in closing:
+            self.admission.evict_connection(conn, "tcp close")
+        for conn in idle:
+            self.admission.evict_connection(conn, "idle")
+        self._refresh_conntrack(refresh - idle, start)
+        self.stale = stale
+        # the egress program looks at forwarded packets only while some flow waits for proof
+        self.tables.set_proving(bool(stale or proving))
+        self._on_sweep()
+        self.tables.heartbeat()
+        self.last_sweep_s = time.monotonic() - start
+
+    def _refresh_conntrack(self, active: set[bytes], now: float) -> None:
+        """Keeps conntrack entries of carried flows alive.
+
+        Only when half their timeout is spent: every refresh makes the kernel send an UPDATE
+        event to every listener, this daemon included, and those cost far more than the refresh.
+        """
+        full = {p: self.conntrack.established_timeout(p) for p in (socket.IPPROTO_TCP,
+                                                                   socket.IPPROTO_UDP)}
+        expiry = self.admission.ct_expiry
+        due = [conn for conn in active if expiry.get(conn, 0.0) - now
+               < full.get(conn[maps.Key4.l4proto.offset], 120) / 2]
+        if not due:
+            return
+        self.conntrack.refresh((maps.decode_key(c).tuple for c in due),
+                               lambda t: full.get(t.l4proto, 120))
+        for conn in due:
+            expiry[conn] = now + full.get(conn[maps.Key4.l4proto.offset], 120)
+
+    # -- adoption -------------------------------------------------------------------------------
+
+    def adopt(self, key: bytes, state: State) -> None:
+        """An entry the daemon does not know: a restart's leftovers or a lost ring event. A
+        PENDING one is admitted like a new flow; a FORWARD or PROVING one is kept if conntrack
+        still has its connection (it is of an old generation: proved again before it forwards
+        anything); a verdict is made again."""
+        if state == State.PENDING:
+            self.admission.on_new(key)
+            return
+        if state not in (State.FORWARD, State.PROVING):
+            self.tables.delete(key)
+            return
+        rec = self.book.add(key)
+        found = self.conntrack.lookup(rec.info.tuple)
+        if found is None or found[0].ineligible_reason() is not None:
+            self.admission.evict(key, "re-adopt: no eligible conntrack entry")
+            return
+        entry, direction = found
+        conn, out = maps.tuple_id(entry.orig), maps.tuple_id(entry.egress(direction))
+        owner = self.book.leaving_as(out)
+        if owner is not None and owner is not rec:
+            self.admission.evict(key, "re-adopt: another ingress carries this direction")
+            return
+        self.book.bind(rec, conn, direction.value, out)
+        self.tables.index(out, key)
+        rec.state, rec.since = state, time.monotonic()
+        rec.reason = "re-adopted"
+        self.admission.ct_expiry.setdefault(conn, time.monotonic() + entry.timeout)
+
+    def readopt(self) -> int:
+        """A restarted daemon takes over what the pinned tables hold."""
+        indexed = self.tables.indexed()
+        for key, value in self.tables.lookup_batch(BATCH):
+            self.adopt(key, State(maps.FLOW_HEAD.unpack_from(value)[4]))
+        for egress, key in indexed:   # index entries whose flow is gone
+            if self.book.leaving_as(egress) is None:
+                self.tables.unindex(egress)
+        return len(self.book.in_state(State.FORWARD))
