@@ -12,7 +12,7 @@ MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux
 
 APT_PKGS := clang llvm libbpf-dev bpftool linux-libc-dev gcc iproute2 nftables conntrack \
             ethtool iperf3 shellcheck iputils-ping python3-venv python3-dev \
-            iptables chromium chromium-driver nodejs
+            iptables tcpdump chromium chromium-driver nodejs
 # the apt list is part of the stamp: a package added there is installed on the next run
 DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo $(APT_PKGS)) | cksum | cut -d' ' -f1)
 

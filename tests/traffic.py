@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Echo traffic for the lab: `server` echoes TCP and UDP on a port; `client` sends numbered,
-checksummed messages, verifies every echo and prints one JSON line with what it saw.
+checksummed messages, verifies every echo and prints one JSON line with what it saw; `sink`
+notes when each datagram arrived.
 
 Run inside a namespace: ip netns exec NS python3 traffic.py server --port 5201
 """
@@ -146,11 +147,32 @@ def client(proto: str, host: str, port: int, count: int, size: int, interval: fl
     return result
 
 
+def sink(port: int, until: str) -> dict:
+    """Receives datagrams on port until the file `until` exists; when each arrived
+    (CLOCK_MONOTONIC, which every network namespace shares) and its sequence number."""
+    sock = _dual_stack(socket.SOCK_DGRAM, port)
+    sock.settimeout(0.05)
+    print("ready", flush=True)
+    arrivals: list[tuple[float, int]] = []
+    since = time.monotonic()
+    while not _gate_open(until, since):
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        arrivals.append((time.monotonic(), HDR.unpack_from(data)[0] if len(data) >= HDR.size
+                         else -1))
+    return {"arrivals": arrivals}
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("server")
     s.add_argument("--port", type=int, default=5201)
+    k = sub.add_parser("sink")
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--until", required=True, help="stop when this file exists")
     c = sub.add_parser("client")
     c.add_argument("proto", choices=("tcp", "udp"))
     c.add_argument("host")
@@ -168,6 +190,9 @@ def main() -> int:
     args = p.parse_args()
     if args.cmd == "server":
         serve(args.port)
+        return 0
+    if args.cmd == "sink":
+        print(json.dumps(sink(args.port, args.until)), flush=True)
         return 0
     print(json.dumps(client(args.proto, args.host, args.port, args.count, args.size,
                             args.interval, args.sport, args.hold, bool(args.rst),
