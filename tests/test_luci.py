@@ -335,7 +335,8 @@ def test_admin_sees_interfaces_flow_counts_known_flows_and_the_plot(page: Page):
     # interfaces and their hooks, as the daemon attached them
     shown = {r["data"]["ifname"]: r["cells"][1] for r in page.rows("#ebpfw-interfaces")
              if r["data"].get("ifname")}
-    words = {"xdp": "XDP (native, in the driver)", "tc": "TC ingress"}
+    words = {"xdp": "XDP (native, in the driver)", "tc": "TC ingress",
+             "xdp+tc": "XDP (native), TC where XDP cannot send"}
     assert shown == {h["name"]: words[h["mode"]] for h in status["hooks"]}
     assert set(shown) == {"eth0", "eth1", "eth2"}
 

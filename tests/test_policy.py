@@ -337,7 +337,7 @@ def test_time_window_decides_for_now_and_drop_expires_at_the_boundary() -> None:
 
 
 def test_drop_verdict_expires_at_the_window_boundary() -> None:
-    from fw_ebpf.daemon import DROP_TTL_NS, drop_ttl_ns
+    from fw_ebpf.admission import DROP_TTL_NS, drop_ttl_ns
     assert drop_ttl_ns(float("inf"), MONDAY) == DROP_TTL_NS
     assert drop_ttl_ns(MONDAY + 5, MONDAY) == 5 * 10**9
     assert drop_ttl_ns(MONDAY + 3600, MONDAY) == DROP_TTL_NS

@@ -171,6 +171,9 @@ def _print_status(s: dict[str, Any]) -> None:
     if adm["count"]:
         print(f"admission (first packet to offloaded): p50 {adm['p50']} ms, p99 {adm['p99']} ms, "
               f"max {adm['max']} ms over {adm['count']} flows")
+    g = s["generation"]
+    waiting = f", {g['waiting']} flows waiting to be proved again" if g["waiting"] else ""
+    print(f"generation {g['number']} ({g['why']}, {g['age_s']} s ago){waiting}")
     m = s.get("fw4_model", {})
     if m:
         age = f", model read {m['model_age_s']} s ago" if m.get("model_age_s") is not None else ""

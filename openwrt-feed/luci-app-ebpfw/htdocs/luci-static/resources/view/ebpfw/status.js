@@ -33,11 +33,14 @@ const SVG_NS = 'http://www.w3.org/2000/svg';
 const MODES = {
 	'xdp': _('XDP (native, in the driver)'),
 	'xdp-generic': _('XDP (generic)'),
-	'tc': _('TC ingress')
+	'tc': _('TC ingress'),
+	'xdp+tc': _('XDP (native), TC where XDP cannot send'),
+	'xdp-generic+tc': _('XDP (generic), TC where XDP cannot send')
 };
 
 const STATES = {
 	'forward': _('Offloaded'),
+	'proving': _('Waiting for proof'),
 	'pending': _('Being checked'),
 	'pass': _('Left to the network stack'),
 	'drop': _('Dropped early')
@@ -66,7 +69,9 @@ const REASONS = {
 	'other_hook': _('flow handled by the other hook (TC) of this interface'),
 	'no_tx': _('outgoing device cannot take XDP frames'),
 	'udp_zero_csum': _('IPv6 UDP without checksum (invalid)'),
-	'l2_rewrite': _('link-layer change this hook cannot make')
+	'l2_rewrite': _('link-layer change this hook cannot make'),
+	'proving': _('flow accepted by conntrack, waiting for the kernel to forward one of its packets'),
+	'stale': _('firewall or routing changed: flow waiting to be forwarded by the kernel again')
 };
 
 /* rates: "12.3 K"; below 1000 LuCI's %m prints the value as it is, so round it */
