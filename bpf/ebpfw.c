@@ -3,6 +3,8 @@
  * ebpfw fast path: forwards packets of connections the kernel already
  * accepted, drops flows fw4 drops, and passes everything else untouched.
  * One core, two entry points: XDP (ebpfw_xdp) and TC ingress (ebpfw_tc).
+ * Built once without DSA tag code and once per DSA tag protocol
+ * (-DEBPFW_DSA_TAG names the header rendered from bpf/dsa/tag.h.j2).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -22,6 +24,11 @@ _Static_assert(sizeof(struct ebpfw_key4) == 24 && sizeof(struct ebpfw_key6) == 4
 	       "flow keys without padding");
 _Static_assert(offsetof(struct ebpfw_key4, saddr) == offsetof(struct ebpfw_key6, saddr),
 	       "flow keys share their head");
+
+#ifdef EBPFW_DSA_TAG
+/* The tag this object speaks: the loader checks it against the conduit's */
+const char ebpfw_dsa_tag[] SEC(".rodata.dsa") = DSA_TAG_NAME;
+#endif
 
 const volatile struct ebpfw_config ebpfw_cfg SEC(".rodata.config") = {
 	.heartbeat_timeout_ns = 5 * NSEC_PER_SEC,
@@ -257,6 +264,33 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	return V_FORWARD;
 }
 
+/* Frames on this device carry the object's DSA tag (switch -> CPU) */
+static __always_inline enum dsa_dir rx_dir(__u32 ifindex)
+{
+#ifdef EBPFW_DSA_TAG
+	for (int i = 0; i < EBPFW_DSA_CONDUITS; i++)
+		if (ebpfw_cfg.dsa_conduits[i] && ebpfw_cfg.dsa_conduits[i] == ifindex)
+			return DSA_RX;
+#endif
+	return DSA_NONE;
+}
+
+/*
+ * Bytes to append before pushing the flow's DSA tag: the kernel's tagger
+ * pads shorter frames first (some switches drop them otherwise).
+ */
+static __always_inline __u32 dsa_pad(const struct ebpfw_flow *f, const struct pkt *p,
+				     __u32 frame_len, __u32 l2_out)
+{
+#if defined(EBPFW_DSA_TAG) && DSA_PAD_TO
+	__u32 untagged = l2_out - dsa_push_len(f) + (frame_len - p->l2_len);
+
+	if (f->dsa_port != EBPFW_NO_DSA_PORT && untagged < DSA_PAD_TO)
+		return DSA_PAD_TO - untagged;
+#endif
+	return 0;
+}
+
 static __always_inline struct ebpfw_stats *stats(void)
 {
 	__u32 zero = 0;
@@ -272,14 +306,14 @@ int ebpfw_xdp(struct xdp_md *ctx)
 	struct ebpfw_stats *st = stats();
 	struct pkt p;
 	struct ebpfw_flow *f = NULL;
-	__u32 l2_out;
+	__u32 l2_out, pad;
 	int ret;
 
 	if (!st)
 		return XDP_PASS;
 	count(st, EBPFW_CNT_RX);
 	pkt_init(&p, ctx->ingress_ifindex);
-	if ((ret = parse_packet(data, end, end - data, &p))) {
+	if ((ret = parse_packet(data, end, end - data, &p, rx_dir(ctx->ingress_ifindex)))) {
 		pass(st, ret);
 		return XDP_PASS;
 	}
@@ -297,6 +331,10 @@ int ebpfw_xdp(struct xdp_md *ctx)
 		pass(st, EBPFW_PASS_MTU);
 		return XDP_PASS;
 	}
+	if (!dsa_can_push(f)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
+	}
 	/* One call looks the egress up and notes the redirect; nothing has been
 	 * changed yet if the device is not there */
 	if (bpf_redirect_map(&ebpfw_tx, f->oif, XDP_PASS) != XDP_REDIRECT) {
@@ -304,17 +342,22 @@ int ebpfw_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	/* Move the IP header's start to match the egress L2 length first: if
-	 * that fails, nothing has been changed yet. */
+	/* Pad for a pushed tag and move the IP header's start to match the
+	 * egress L2 length first: if that fails, nothing has been changed yet. */
 	l2_out = l2_len_out(f);
-	if (l2_out != p.l2_len) {
-		if (bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
-			pass(st, EBPFW_PASS_L2_REWRITE);
-			return XDP_PASS;
-		}
-		data = (void *)(long)ctx->data;
-		end = (void *)(long)ctx->data_end;
+	pad = dsa_pad(f, &p, end - data, l2_out);
+	if (pad && bpf_xdp_adjust_tail(ctx, pad)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
 	}
+	if (l2_out != p.l2_len && bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
+		if (pad)
+			bpf_xdp_adjust_tail(ctx, -(int)pad);	/* gives back what it took */
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
 	if (l2_out > L2_MAX_LEN || write_l2(data, end, f, &p) ||
 	    rewrite_l3l4(data + l2_out, end, f, &p, 1)) {
 		count(st, EBPFW_CNT_REWRITE_ERROR);
@@ -336,26 +379,62 @@ static __always_inline __u32 tc_seg_len(struct __sk_buff *ctx, const struct pkt 
 /*
  * TC cannot remove L2 bytes below the IP header of an skb whose protocol is
  * not IP (bpf_skb_adjust_room refuses it), so a PPPoE session cannot end
- * here; and the PPPoE length of a GSO skb would be wrong for its segments.
+ * here (a DSA frame can: tc_untag); and the PPPoE length of a GSO skb would
+ * be wrong for its segments.
  */
 static __always_inline bool tc_can_rewrite_l2(struct __sk_buff *ctx, const struct pkt *p,
 					      const struct ebpfw_flow *f)
 {
-	if (p->pppoe && !(f->flags & EBPFW_F_PPPOE))
+	if (p->pppoe && !(f->flags & EBPFW_F_PPPOE) && p->key.v6.dsa_port == EBPFW_NO_DSA_PORT)
 		return false;
 	if ((f->flags & EBPFW_F_PPPOE) && ctx->gso_size)
 		return false;
 	return true;
 }
 
-/* Strip every VLAN tag (in data or metadata), then grow to the egress L2 */
+/*
+ * A frame from a DSA conduit down to plain Ethernet. Its skb has no IP
+ * protocol (ETH_P_XDSA on a real conduit), and bpf_skb_adjust_room only
+ * shrinks IP skbs. A second VLAN push makes the kernel insert the first one
+ * into the frame and take skb->protocol from it; with the L3 EtherType
+ * written behind that tag, popping it leaves an IP skb whose extra L2 bytes
+ * (the DSA tag, VLAN tags, PPPoE) adjust_room then removes.
+ */
+static __always_inline int tc_untag(struct __sk_buff *ctx, const struct pkt *p)
+{
+	__be16 l3 = bpf_htons(p->l3proto == EBPFW_L3_IPV4 ? ETH_P_IP : ETH_P_IPV6);
+
+	if (bpf_skb_vlan_push(ctx, bpf_htons(ETH_P_8021Q), 0) ||
+	    bpf_skb_vlan_push(ctx, bpf_htons(ETH_P_8021Q), 0))
+		return -1;
+	/* MACs | 8100 0000 | the old L2 from byte 12 on: the inserted tag's inner type */
+	if (bpf_skb_store_bytes(ctx, 2 * ETH_ALEN + VLAN_HLEN_, &l3, sizeof(l3),
+				BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	/* the first pop drops the metadata tag and moves the inserted one there,
+	 * the second drops that */
+	if (bpf_skb_vlan_pop(ctx) || bpf_skb_vlan_pop(ctx))
+		return -1;
+	return bpf_skb_adjust_room(ctx, -(int)(p->l2_len - ETH_HLEN), BPF_ADJ_ROOM_MAC, 0);
+}
+
+/* Strip every VLAN tag (in data or metadata) or a DSA frame's whole L2, then
+ * grow to the egress L2 */
 static __always_inline int tc_adjust_l2(struct __sk_buff *ctx, const struct pkt *p, __u32 l2_out)
 {
 	__u32 l2_now = ETH_HLEN + (p->pppoe ? PPPOE_HLEN : 0);
 
-	for (int i = 0; i < 2; i++)
-		if (i < p->vlans && bpf_skb_vlan_pop(ctx))
+	if (p->key.v6.dsa_port != EBPFW_NO_DSA_PORT) {
+		if (l2_out == p->l2_len)
+			return 0;	/* re-tag: same length, rewritten in place */
+		if (tc_untag(ctx, p))
 			return -1;
+		l2_now = ETH_HLEN;
+	} else {
+		for (int i = 0; i < 2; i++)
+			if (i < p->vlans && bpf_skb_vlan_pop(ctx))
+				return -1;
+	}
 	if (l2_out > l2_now && bpf_skb_change_head(ctx, l2_out - l2_now, 0))
 		return -1;
 	return 0;
@@ -367,7 +446,8 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	struct ebpfw_stats *st = stats();
 	struct pkt p;
 	struct ebpfw_flow *f = NULL;
-	__u32 l2_out, l4_check, csum_flags, l4_diff_addr, l4_diff_port;
+	__u32 l2_out, l4_check, csum_flags, l4_diff_addr, l4_diff_port, pad;
+	enum dsa_dir dir = rx_dir(ctx->ifindex);
 	void *data, *end;
 	int ret;
 
@@ -380,12 +460,18 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	end = (void *)(long)ctx->data_end;
 	pkt_init(&p, ctx->ifindex);
 
-	/* the kernel moves the outer tag of a received frame into metadata */
+	/* the kernel moves the outer tag of a received frame into metadata; on a
+	 * conduit the DSA tag comes first, so none can be there */
 	if (ctx->vlan_present) {
+		if (dir != DSA_NONE) {
+			pass(st, EBPFW_PASS_L2);
+			return TC_ACT_UNSPEC;
+		}
 		p.key.v6.vlan[0] = ctx->vlan_tci & 0x0fff;
+		p.vlan_tpid = ctx->vlan_proto;
 		p.vlans = 1;
 	}
-	if ((ret = parse_packet(data, end, ctx->len, &p))) {
+	if ((ret = parse_packet(data, end, ctx->len, &p, dir))) {
 		pass(st, ret);
 		return TC_ACT_UNSPEC;
 	}
@@ -403,7 +489,7 @@ int ebpfw_tc(struct __sk_buff *ctx)
 		pass(st, EBPFW_PASS_MTU);
 		return TC_ACT_UNSPEC;
 	}
-	if (!tc_can_rewrite_l2(ctx, &p, f)) {
+	if (!tc_can_rewrite_l2(ctx, &p, f) || !dsa_can_push(f)) {
 		pass(st, EBPFW_PASS_L2_REWRITE);
 		return TC_ACT_UNSPEC;
 	}
@@ -413,6 +499,11 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	l4_diff_addr = f->csum_addr;
 	l4_diff_port = f->csum_port;
 	csum_flags = p.key.v6.l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	pad = dsa_pad(f, &p, ctx->len, l2_out);
+	if (pad && bpf_skb_change_tail(ctx, ctx->len + pad, 0)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return TC_ACT_UNSPEC;
+	}
 	if (tc_adjust_l2(ctx, &p, l2_out))
 		goto error;
 	data = (void *)(long)ctx->data;

@@ -24,6 +24,7 @@ TX_MAX = 256
 L3_IPV4 = 4
 L3_IPV6 = 6
 NO_DSA_PORT = 0xFF
+DSA_CONDUITS = 4
 
 F_NAT = 1 << 0
 F_CLOSING = 1 << 1
@@ -75,6 +76,8 @@ class Counter(enum.IntEnum):
     PASS_NO_TX = enum.auto()
     PASS_UDP_ZERO_CSUM = enum.auto()
     PASS_L2_REWRITE = enum.auto()
+    PASS_DSA_TAG = enum.auto()
+    PASS_DSA_UNTAGGED = enum.auto()
     MAX = enum.auto()
 
     @property
@@ -170,7 +173,8 @@ class Runtime(ctypes.Structure):
 class Config(ctypes.Structure):
     _c_name_ = "ebpfw_config"
     _fields_ = [("heartbeat_timeout_ns", ctypes.c_uint64), ("event_interval_ns", ctypes.c_uint64),
-                ("event_burst_ns", ctypes.c_uint64)]
+                ("event_burst_ns", ctypes.c_uint64),
+                ("dsa_conduits", ctypes.c_uint32 * DSA_CONDUITS)]
 
 
 class Stats(ctypes.Structure):
@@ -267,6 +271,7 @@ class L2Out:
     vlans: tuple[int, ...] = ()      # TCIs, outer first, at most two
     vlan_tpid: int = 0x8100          # protocol of the outer tag
     pppoe_sid: int | None = None
+    dsa_port: int = NO_DSA_PORT      # egress is a DSA conduit: the tag for this port
 
 
 def _mac(value: bytes | str) -> bytes:
@@ -284,8 +289,10 @@ def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
         raise ValueError("at most two VLAN tags")
     if orig.l4proto != post.l4proto or orig.l3proto != post.l3proto:
         raise ValueError("NAT cannot change the protocol or the address family")
+    if not 0 <= l2.dsa_port <= NO_DSA_PORT:
+        raise ValueError(f"DSA port {l2.dsa_port} is not a byte")
     f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, vlans=len(l2.vlans),
-             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=NO_DSA_PORT, last_seen_ns=last_seen_ns)
+             vlan_tpid=_be16(l2.vlan_tpid), dsa_port=l2.dsa_port, last_seen_ns=last_seen_ns)
     if tc_only:
         f.flags |= F_TC_ONLY
     if l2.pppoe_sid is not None:
@@ -330,11 +337,17 @@ def split_event(raw: bytes) -> tuple[int, bytes]:
 
 
 def encode_config(heartbeat_timeout_s: float, event_rate: int = EVENT_RATE,
-                  event_burst: int = EVENT_BURST) -> bytes:
-    """.rodata.config; event_rate 0 sends every NEW event."""
+                  event_burst: int = EVENT_BURST, dsa_conduits: tuple[int, ...] = ()) -> bytes:
+    """.rodata.config; event_rate 0 sends every NEW event; dsa_conduits: the ifindexes whose
+    frames carry the object's DSA tag."""
+    if len(dsa_conduits) > DSA_CONDUITS:
+        raise ValueError(f"at most {DSA_CONDUITS} DSA conduits per object, not "
+                         f"{len(dsa_conduits)}")
     interval = 10**9 // event_rate if event_rate else 0
-    return bytes(Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9),
-                        event_interval_ns=interval, event_burst_ns=interval * event_burst))
+    cfg = Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9),
+                 event_interval_ns=interval, event_burst_ns=interval * event_burst)
+    cfg.dsa_conduits[:len(dsa_conduits)] = dsa_conduits
+    return bytes(cfg)
 
 
 def encode_runtime(heartbeat_ns: int) -> bytes:

@@ -29,6 +29,7 @@
 #define EBPFW_L3_IPV6		6
 
 #define EBPFW_NO_DSA_PORT	0xff
+#define EBPFW_DSA_CONDUITS	4	/* DSA conduits one object parses tags on */
 
 /*
  * One direction of one connection as it enters the router: the hash keys of
@@ -88,10 +89,12 @@ enum ebpfw_state {
  * packets arrive on one RX queue, so only packets of one flow handled on two
  * CPUs at the same instant can lose an increment (an under-count).
  *
- * The L2 part (dmac .. dsa_port) is the egress header template. Room is left
- * for what comes next: #12 fills dsa_port (DSA tag push), #11 (admission by
- * proof) adds the L2 header observed on egress after the current fields,
- * which only grows the value; nothing before it moves.
+ * The L2 part (dmac .. dsa_port) is the egress header template. dsa_port
+ * set: oif is a DSA conduit and the frame gets the tag for that port (what
+ * the object's tag code reads from the tag the kernel writes; the port
+ * number, plus tag-specific bits documented in src/fw_ebpf/dsa.py). #11
+ * (admission by proof) adds the L2 header observed on egress after the
+ * current fields, which only grows the value; nothing before it moves.
  */
 struct ebpfw_flow {
 	__u64 packets;		/* forwarded (FORWARD) or dropped (DROP) by the fast path */
@@ -148,6 +151,9 @@ struct ebpfw_config {
 	__u64 heartbeat_timeout_ns;	/* older heartbeat: every packet passes */
 	__u64 event_interval_ns;
 	__u64 event_burst_ns;
+	/* ifindexes of the DSA conduits whose frames carry the object's tag
+	 * (0 = unused); an untagged object ignores them */
+	__u32 dsa_conduits[EBPFW_DSA_CONDUITS];
 };
 
 /* Per-CPU counters in ebpfw_stats, indexed by this enum */
@@ -182,6 +188,8 @@ enum ebpfw_counter {
 	EBPFW_PASS_NO_TX,		/* egress not in ebpfw_tx (XDP) */
 	EBPFW_PASS_UDP_ZERO_CSUM,	/* IPv6 UDP without checksum (invalid) */
 	EBPFW_PASS_L2_REWRITE,		/* this hook cannot do the L2 change */
+	EBPFW_PASS_DSA_TAG,		/* DSA tag not understood (garbled, trap, other switch) */
+	EBPFW_PASS_DSA_UNTAGGED,	/* conduit frame without its tag (stripped in hardware) */
 	EBPFW_CNT_MAX,
 };
 
