@@ -185,10 +185,11 @@ class FastPath:
 
 
 def load_fastpath(path: Path, heartbeat_timeout_s: float, event_rate: int = maps.EVENT_RATE,
-                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None) -> FastPath:
+                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None,
+                  dsa_conduits: tuple[int, ...] = ()) -> FastPath:
     obj = BpfObject(str(path))
     obj.set_rodata(maps.CONFIG_SECTION,
-                   maps.encode_config(heartbeat_timeout_s, event_rate, event_burst))
+                   maps.encode_config(heartbeat_timeout_s, event_rate, event_burst, dsa_conduits))
     if pending_max is not None:
         for _, pending in maps.TABLES.values():
             obj.set_max_entries(pending, pending_max)

@@ -25,16 +25,21 @@ SIOCGIFHWADDR = 0x8927
 WIRE_PRIORITY, WIRE_HANDLE = 0xF000, 0xF0
 
 
-def build(name: str) -> Path:
-    """tests/bpf/<name>.c compiled for this host's byte order (when older than the source)."""
+def build(name: str, variant: str = "", flags: tuple[str, ...] = (),
+          deps: tuple[Path, ...] = ()) -> Path:
+    """tests/bpf/<name>.c compiled for this host's byte order (when older than the source or
+    deps); a variant (with its own flags) is built as <name>-<variant>.o."""
     BUILD.mkdir(parents=True, exist_ok=True)
-    src, obj = SOURCES / f"{name}.c", BUILD / f"{name}.o"
-    if not obj.exists() or obj.stat().st_mtime < src.stat().st_mtime:
+    src = SOURCES / f"{name}.c"
+    obj = BUILD / (f"{name}-{variant}.o" if variant else f"{name}.o")
+    newest = max(p.stat().st_mtime for p in (src, *deps))
+    if not obj.exists() or obj.stat().st_mtime < newest:
         arch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True,
                               text=True).stdout.strip()
         target = "bpfel" if sys.byteorder == "little" else "bpfeb"
         subprocess.run(["clang", "-O2", "-g", "-Wall", "-Werror", "-target", target,
-                        f"-I/usr/include/{arch}", "-c", str(src), "-o", str(obj)], check=True)
+                        f"-I/usr/include/{arch}", *flags, "-c", str(src), "-o", str(obj)],
+                       check=True)
     return obj
 
 

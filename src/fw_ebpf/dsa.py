@@ -66,6 +66,7 @@ class Tag:
     ethertype: int | None = None  # EtherType the tag starts with, if any
     pad_to: int = 0              # the kernel pads shorter frames (without tag) to this first
     vlan: str | None = None      # the tag stands in for the outer VLAN tag: "mtk", "marvell"
+    tx_ignore: tuple[Match, ...] = ()  # TX bits the kernel varies per frame (mask; value unused)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -100,6 +101,8 @@ class Tag:
             free[v] |= 0x20
             free[v + 1] |= 0x01
             free[v + 2] = free[v + 3] = 0xFF
+        for m in self.tx_ignore:
+            free[m.offset] |= m.mask
         return tuple(Match(i, m, self.tx[i] & m) for i, f in enumerate(free) if (m := 0xFF & ~f))
 
 
@@ -145,11 +148,12 @@ TAGS: dict[str, Tag] = {t.name: t for t in (
         rx_match=(Match(0, 0xE0, 0x00), Match(2, 0xC0, 0x00)), rx_port=Bits(3, 0x1F),
         # opcode 1, traffic class 0; destination map: port 8 in byte 2 bit 0, 0-7 in byte 3
         tx=bytes([0x20, 0, 0, 0]), tx_port=Bits(2, 0x1FF, size=2, kind="bit"), ports=9,
-        pad_to=64, notes=("TX traffic class (byte 0 bits 4:2, from the queue) is written 0",)),
+        pad_to=64, tx_ignore=(Match(0, 0x1C, 0),),
+        notes=("TX traffic class (byte 0 bits 4:2, from the queue) is read past and written 0",)),
     Tag(name="brcm-prepend", source="net/dsa/tag_brcm.c", position=HEAD, rx_len=4, tx_len=4,
         rx_match=(Match(0, 0xE0, 0x00), Match(2, 0xC0, 0x00)), rx_port=Bits(3, 0x1F),
         tx=bytes([0x20, 0, 0, 0]), tx_port=Bits(2, 0x1FF, size=2, kind="bit"), ports=9,
-        pad_to=64, notes=("as brcm, in front of the destination MAC",)),
+        pad_to=64, tx_ignore=(Match(0, 0x1C, 0),), notes=("as brcm, in front of the destination MAC",)),
     Tag(name="rtl4a", source="net/dsa/tag_rtl4_a.c", position=AFTER_SA, rx_len=4, tx_len=4,
         ethertype=0x8899,
         # protocol 0xA (RTL8366RB) in bits 15:12 of the second word, port in bits 7:0
