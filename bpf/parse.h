@@ -356,6 +356,9 @@ static __always_inline int parse_packet(void *data, void *end, __u32 len, struct
 #if defined(EBPFW_DSA_TAG) && defined(DSA_TAG_HEAD)
 	if (dir != DSA_NONE && (ret = parse_dsa(&c, p, &proto, dir)))
 		return ret;
+#elif defined(EBPFW_DSA_TAG) && defined(DSA_TAG_TAIL)
+	if (dir != DSA_NONE)	/* tail tags are not parsed (yet): the stack keeps them */
+		return EBPFW_PASS_DSA_TAG;
 #endif
 	if ((ret = parse_eth(&c, &proto)))
 		return ret;

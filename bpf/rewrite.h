@@ -58,10 +58,10 @@ static __always_inline bool dsa_can_push(const struct ebpfw_flow *f)
 {
 	if (f->dsa_port == EBPFW_NO_DSA_PORT)
 		return true;
-#ifdef EBPFW_DSA_TAG
+#ifdef DSA_IN_FRONT
 	return dsa_port_ok(f);
 #else
-	return false;
+	return false;	/* no tag code, or a tail tag (not written yet) */
 #endif
 }
 

@@ -400,3 +400,19 @@ def test_object_names_its_tag(bpf_build: Path, tag: str, endian: str, tmp_path: 
     subprocess.run(["llvm-objcopy", "-O", "binary", "--only-section=.rodata.dsa",
                     str(bpf_build / f"ebpfw-{tag}-{endian}.o"), str(out)], check=True)
     assert out.read_bytes().rstrip(b"\0") == tag.encode()
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
+def test_tail_tag_frames_pass(objects: dict[str, FastPath], tag: str, hook: Hook):
+    """Tail tags are not parsed yet: their frames stay with the stack, both ways."""
+    if tag in IN_FRONT:
+        pytest.skip(f"{tag} is parsed (the tests above)")
+    conduit, other = objects["conduit"], objects["other"]
+    conduit.reset()
+    other.reset()
+    t = flow_tuple(4, "udp")
+    install(conduit, t, nat_tuple(t, "snat"), L2_IN["untagged"], L2_OUT["untagged"], in_port=1)
+    assert_passed(conduit, hook, rx_frame(tag, 1, L2_IN["untagged"], t),
+                  maps.Counter.PASS_DSA_TAG)
+    install(other, t, nat_tuple(t, "snat"), L2_IN["untagged"], L2_OUT["untagged"], out_port=1)
+    assert_passed(other, hook, frame(L2_IN["untagged"], t), maps.Counter.PASS_L2_REWRITE)
