@@ -93,6 +93,8 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "uptime": round(time.monotonic() - d.started, 1),
         "interfaces": dict(d.loader.attachments),
         "hooks": _hooks(d),
+        "dsa": {"tag": d.dsa.tag, "conduits": [c.name for c in d.dsa.conduits],
+                "not_conduits": dict(d.dsa.notes)},
         # the fast path fails open past timeout_ms; pass_reasons.heartbeat counts such packets
         "heartbeat": {"age_ms": round(age_ms, 1), "timeout_ms": timeout_ms},
         "early_drop": d.policy is not None,

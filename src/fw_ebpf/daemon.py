@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from fw_ebpf import api, config, fw4, libubus, maps, ubus_api
+from fw_ebpf import api, config, conduit, fw4, libubus, maps, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import nexthop as nhmod
 from fw_ebpf import rtnl
@@ -32,7 +32,7 @@ from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.fw4live import Fw4Keeper
 from fw_ebpf.libbpf import BpfMap, RingBuffer
-from fw_ebpf.loader import Loader
+from fw_ebpf.loader import BYTE_ORDER, Loader, default_object_dir
 from fw_ebpf.maps import State
 from fw_ebpf.nexthop import NextHop, NextHopResolver, RtEvents, Unresolved
 from fw_ebpf.policy import Facts, Policy, Query, Verdict
@@ -43,6 +43,8 @@ log = logging.getLogger("fw_ebpf.daemon")
 RETRY_DELAYS = (0.005, 0.02, 0.1, 0.5)
 # How long an early-drop verdict holds before the flow is looked at again
 DROP_TTL_NS = 30 * 10**9
+# frames without their tag on the conduits before their user ports take over
+UNTAGGED_FALLBACK = 64
 # fw4 includes these in its table; their rules are not in fw4's model
 NFT_INCLUDE_DIR = "/etc/nftables.d"
 # A PENDING entry nobody could admit is removed after this, so a later packet asks again
@@ -60,6 +62,7 @@ class Paths:
     control: str = DEFAULT_PATH
     config: str | None = None
     fw4_model: str | None = None    # fw4's model as JSON; None: ask the ucode hook if present
+    sysfs: str = conduit.SYSFS      # where DSA switches are discovered
 
 
 class Daemon:
@@ -130,8 +133,13 @@ class Daemon:
 
     def _start_fastpath(self, stack: contextlib.ExitStack) -> None:
         s = self.settings
+        self._untagged: tuple[str, ...] = ()   # conduits found delivering untagged frames
+        self._untagged_seen = 0
+        self.dsa = self._dsa_plan()
         self.loader = Loader(obj_dir=self.paths.object_dir, pin_dir=self.paths.pin_dir,
-                             flows_max=s.flows_max, config=maps.encode_config(s.heartbeat_timeout))
+                             flows_max=s.flows_max, dsa_tag=self.dsa.tag,
+                             config=maps.encode_config(
+                                 s.heartbeat_timeout, dsa_conduits=self.dsa.conduit_ifindexes))
         stack.callback(self.loader.close)
         self.loader.load()
         # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
@@ -156,10 +164,63 @@ class Daemon:
         self._modes = {socket.if_nametoindex(n): m for n, m in self.loader.attachments.items()}
 
     def _interface_names(self) -> list[str]:
+        return list(self.dsa.interfaces)
+
+    def _dsa_plan(self, untagged: tuple[str, ...] = ()) -> conduit.Plan:
+        """Which object (the DSA tag of the conduits used) and which interfaces: `auto` puts
+        a conduit in place of its user ports where it can; named interfaces are taken as
+        named, a conduit among them with its tag."""
+        switches = conduit.discover(self.paths.sysfs)
+        has_object = conduit.object_exists(self.paths.object_dir or default_object_dir(),
+                                           BYTE_ORDER)
         wanted = list(self.settings.interfaces)
-        if wanted != ["auto"]:
-            return wanted
-        return lowest_devices()
+        if wanted == ["auto"]:
+            dsa = conduit.plan(lowest_devices(), switches, has_object, self._zone_devices(),
+                               untagged)
+        else:
+            named = {n: c for n, c in switches.items() if n in wanted}
+            dsa = conduit.plan([n for n in wanted if n not in named or n not in untagged],
+                               named, has_object, None, untagged)
+            dsa.interfaces = [n for n in wanted if n in dsa.interfaces or n not in switches]
+        for name, why in dsa.notes.items():
+            log.warning("%s: not attached as a DSA conduit: %s", name, why)
+        if dsa.conduits:
+            log.info("DSA: %s tag on %s", dsa.tag, ", ".join(c.name for c in dsa.conduits))
+        return dsa
+
+    def _zone_devices(self) -> dict[str, set[str]] | None:
+        """fw4 zones as their lowest devices (bridges by their ports), if fw4's model is there."""
+        try:
+            model = self._read_model()
+        except fw4.ModelError:
+            return None
+        with rtnl.Rtnl() as rt:
+            links = [(lk.name, lk.index, lk.master) for lk in map(nhmod.link_from_msg, rt.links())]
+        return conduit.zone_devices({z.name: z.match_devices for z in model.zones}, links)
+
+    def _check_untagged(self, counters: dict[maps.Counter, int]) -> None:
+        """A conduit whose frames come without their tag (MediaTek SoCs can take it off in
+        hardware) gives no source port: its user ports take over."""
+        seen = counters[maps.Counter.PASS_DSA_UNTAGGED]
+        if not self.dsa.conduits or seen - self._untagged_seen < UNTAGGED_FALLBACK:
+            return
+        self._untagged_seen = seen
+        names = tuple(c.name for c in self.dsa.conduits)
+        log.warning("%s: %d frames without the %s tag; attaching to the user ports instead",
+                    ", ".join(names), seen, self.dsa.tag)
+        self._untagged += names
+        # the object loaded stays: on devices that are not its conduits it has no tag step
+        tag = self.dsa.tag
+        self.dsa = self._dsa_plan(self._untagged)
+        self.dsa.tag, self.dsa.conduits = tag, ()
+        for name in names:
+            if name in self.loader.attachments:
+                self.loader.detach(name)
+        for name in self.dsa.interfaces:
+            if name not in self.loader.attachments:
+                log.info("%s: attached (%s)", name,
+                         self.loader.attach(name, self.settings.mode_of(name)))
+        self._update_modes()
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -572,6 +633,7 @@ class Daemon:
         """Counters, idle expiry, conntrack timeout refresh, stale PENDING cleanup, heartbeat."""
         start = time.monotonic()
         self._heartbeat()
+        self._check_untagged(self.stats())
         now_ns = time.monotonic_ns()
         idle_ns = int(self.settings.idle_timeout * 1e9)
         refresh: set[maps.Tuple] = set()
@@ -671,6 +733,14 @@ class Daemon:
             log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
                         "restart")
         current = dict(self.loader.attachments)
+        fresh = self._dsa_plan(self._untagged)
+        if not fresh.conduits or (fresh.tag, fresh.conduit_ifindexes) == \
+                (self.dsa.tag, self.dsa.conduit_ifindexes):
+            fresh.tag = self.dsa.tag
+            self.dsa = fresh
+        else:   # the object's tag code and conduits are fixed at load
+            log.warning("reload: DSA conduits or tag changed (%s on %s): applies after a restart",
+                        fresh.tag, ", ".join(c.name for c in fresh.conduits) or "none")
         wanted = {name: new.mode_of(name) for name in self._interface_names()}
         for name, mode in current.items():
             if name not in wanted or (wanted[name] != "auto" and wanted[name] != mode):
