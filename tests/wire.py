@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """Test-only BPF programs that stand in for what this kernel lacks on the wire (tests/bpf/):
-a PPPoE session (pppoe_wire.c). Built like the fast path, loaded and attached with the
+a PPPoE session (pppoe_wire.c), a DSA switch behind a conduit (dsa_wire.c). Built like the fast path, loaded and attached with the
 project's own libbpf binding, in namespaces the tests own."""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fw_ebpf import libbpf
 from fw_ebpf.libbpf import BpfObject
+from fw_ebpf.loader import has_clsact
 from netns import run_in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +97,47 @@ def set_session(pin: str, sid: int) -> None:
 def mac_in(ns: str, ifname: str) -> bytes:
     return run_in_netns(ns, _mac, ifname)
 
+
+
+class _DsaWire(ctypes.Structure):
+    _fields_ = [("conduit", ctypes.c_uint32), ("tx_format", ctypes.c_uint32),
+                ("out", ctypes.c_uint32 * 8), ("tagged", ctypes.c_uint64),
+                ("untagged", ctypes.c_uint64)]
+
+
+def _dsa_end(obj_path: str, conduit: str, ports: dict[int, tuple[str, str]], tx_format: bool,
+             pin: str) -> None:
+    """In the namespace: tag_out on each port device (egress on the router side, where the
+    stack sends; ingress on the switch side, where hosts send), untag_in on the conduit (or
+    its peer); ports: number -> (port device, device frames for it are sent through)."""
+    w = _DsaWire(conduit=socket.if_nametoindex(conduit), tx_format=int(tx_format))
+    with BpfObject(obj_path) as obj:
+        obj.load()
+        for port, (dev, out) in ports.items():
+            w.out[port] = socket.if_nametoindex(out)
+            obj.map("dsa_ports").update(struct.pack("=I", socket.if_nametoindex(dev)),
+                                        struct.pack("=I", port))
+        config = obj.map("dsa_wire")
+        config.update(bytes(4), bytes(w))
+        config.pin(pin)
+        hooks = [(dev, "tag_out", tx_format) for dev, _ in ports.values()]
+        for dev, prog, egress in hooks + [(conduit, "untag_in", False)]:
+            ifindex = socket.if_nametoindex(dev)
+            if not has_clsact(ifindex):
+                libbpf.tc_hook_create(ifindex)
+            libbpf.tc_attach(ifindex, obj.program(prog).fd, WIRE_HANDLE, WIRE_PRIORITY,
+                             egress=egress)
+
+
+def dsa_end(ns: str, conduit: str, ports: dict[int, tuple[str, str]], tx_format: bool,
+            pin: str) -> None:
+    """One end of a DSA conduit's wire with the MediaTek tag (tests/bpf/dsa_wire.c): the
+    router's (tx_format, the DSA driver's part) or the switch's."""
+    run_in_netns(ns, _dsa_end, str(build("dsa_wire")), conduit, ports, tx_format, pin)
+
+
+def dsa_counts(pin: str) -> tuple[int, int]:
+    """(frames tagged, frames untagged) at one end."""
+    with libbpf.open_pinned_map(pin) as config:
+        w = _DsaWire.from_buffer_copy(config.lookup(bytes(4)))
+    return w.tagged, w.untagged
