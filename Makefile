@@ -7,6 +7,7 @@ BUILD   ?= build
 CLANG   ?= clang
 OPT     ?= opt
 LLC     ?= llc
+DIS     ?= llvm-dis
 STRIP   ?= llvm-strip
 MULTIARCH := $(shell gcc -print-multiarch 2>/dev/null || echo $$(uname -m)-linux-gnu)
 
@@ -18,12 +19,48 @@ DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo $(APT_PKGS)) | cks
 
 BPF_SRC  := bpf/ebpfw.c
 BPF_HDRS := $(wildcard bpf/*.h bpf/include/ebpfw/*.h)
-BPF_OBJS := $(BUILD)/ebpfw-le.o $(BUILD)/ebpfw-be.o
+# the Python that renders the DSA headers (jinja2): the venv's once it exists
+PYTHON   ?= $(if $(wildcard $(PY)),$(PY),python3)
+DSA_TAGS := $(shell PYTHONPATH=src $(PYTHON) -m fw_ebpf.dsa names 2>/dev/null)
+DSA_HDRS := $(foreach t,$(DSA_TAGS),$(BUILD)/dsa/dsa-$(t).h)
+BPF_OBJS := $(foreach e,le be,$(BUILD)/ebpfw-$(e).o $(foreach t,$(DSA_TAGS),$(BUILD)/ebpfw-$(t)-$(e).o))
 
-# Same pipeline as OpenWrt's include/bpf.mk: clang -> bitcode, opt -O2, llc -mcpu=v3,
-# keep the unstripped object as .debug.o and ship the one without DWARF.
-BPF_CFLAGS := -g -O2 -Wall -Werror -emit-llvm -Xclang -disable-llvm-passes \
-              -fno-stack-protector -Ibpf -Ibpf/include -I/usr/include/$(MULTIARCH)
+# OpenWrt's include/bpf.mk, CompileBPF: clang emits bitcode for the mips target of the byte
+# order, opt -O2 -mtriple=bpfe?, llvm-dis, llc -mcpu=v3, the object kept as .debug.o and
+# stripped of DWARF. The SDK's bpf-headers are replaced by the host's uapi headers (and the
+# compiler's own for -nostdinc); bpf.mk's -include of kconfig.h / asm_goto_workaround.h
+# needs a kernel tree and is left out. mips64: bpf.mk's 32-bit mips frontend truncates
+# packet pointers (the verifier rejects the object), so the feed sets BPF_ARCH to mips64
+# as well (openwrt-feed/ebpfw/Makefile).
+BPF_ARCH_le   := mips64el
+BPF_ARCH_be   := mips64
+BPF_TARGET_le := bpfel
+BPF_TARGET_be := bpfeb
+BPF_ENDIAN_le := little
+BPF_ENDIAN_be := big
+CLANG_RES     := $(shell $(CLANG) -print-resource-dir 2>/dev/null)
+BPF_INCLUDE   := -nostdinc -isystem $(CLANG_RES)/include -I/usr/include/$(MULTIARCH) -I/usr/include
+bpf_cflags = $(BPF_INCLUDE) -D__KERNEL__ -D__BPF_TRACING__ -DCONFIG_GENERIC_CSUM \
+	-D__TARGET_ARCH_mips -m$(BPF_ENDIAN_$(1))-endian -fno-stack-protector -Wall \
+	-Wno-unused-value -Wno-pointer-sign -Wno-compare-distinct-pointer-types \
+	-Wno-gnu-variable-sized-type-not-at-end -Wno-address-of-packed-member \
+	-Wno-tautological-compare -Wno-unknown-warning-option -fno-asynchronous-unwind-tables \
+	-Wno-uninitialized -Wno-unused-variable -Wno-unused-label \
+	-O2 -emit-llvm -Xclang -disable-llvm-passes
+# what the package passes as CompileBPF's second argument
+EBPFW_CFLAGS := -Werror -Ibpf -Ibpf/include -I$(BUILD)/dsa
+
+# $(1) source, $(2) object (without .o), $(3) le|be, $(4) extra flags
+define compile_bpf
+	$(CLANG) -g -target $(BPF_ARCH_$(3))-linux-gnu $(call bpf_cflags,$(3)) $(EBPFW_CFLAGS) $(4) \
+		-c $(1) -o $(2).bc
+	$(OPT) -O2 -mtriple=$(BPF_TARGET_$(3)) < $(2).bc > $(2).opt
+	$(DIS) < $(2).opt > $(2).S
+	$(LLC) -march=$(BPF_TARGET_$(3)) -mcpu=v3 -filetype=obj -o $(2).o < $(2).S
+	cp $(2).o $(2).debug.o
+	$(STRIP) --strip-debug $(2).o
+	rm -f $(2).bc $(2).opt $(2).S
+endef
 
 .PHONY: all deps bpf test demo bench clean
 all: bpf
@@ -41,12 +78,21 @@ $(DEPS_STAMP): pyproject.toml
 	rm -f $(VENV)/.deps-*; touch $@
 
 bpf: $(BPF_OBJS)
-$(BUILD)/ebpfw-%.o: $(BPF_SRC) $(BPF_HDRS) | $(BUILD)
-	$(CLANG) -target bpf$(subst le,el,$(subst be,eb,$*)) $(BPF_CFLAGS) -c $< -o $(BUILD)/ebpfw-$*.bc
-	$(OPT) -O2 -mtriple=bpf$(subst le,el,$(subst be,eb,$*)) $(BUILD)/ebpfw-$*.bc -o $(BUILD)/ebpfw-$*.opt.bc
-	$(LLC) -march=bpf$(subst le,el,$(subst be,eb,$*)) -mcpu=v3 -filetype=obj $(BUILD)/ebpfw-$*.opt.bc -o $(BUILD)/ebpfw-$*.debug.o
-	$(STRIP) --strip-debug $(BUILD)/ebpfw-$*.debug.o -o $@
-	rm -f $(BUILD)/ebpfw-$*.bc $(BUILD)/ebpfw-$*.opt.bc
+	@echo "BPF objects: $(notdir $(BPF_OBJS))"
+
+# one header per DSA tag, rendered from bpf/dsa/tag.h.j2 with the table in src/fw_ebpf/dsa.py
+$(DSA_HDRS) &: bpf/dsa/tag.h.j2 src/fw_ebpf/dsa.py | $(BUILD)
+	PYTHONPATH=src $(PYTHON) -m fw_ebpf.dsa render $(BUILD)/dsa
+
+$(BUILD)/ebpfw-le.o $(BUILD)/ebpfw-be.o: $(BUILD)/ebpfw-%.o: $(BPF_SRC) $(BPF_HDRS) | $(BUILD)
+	$(call compile_bpf,$<,$(BUILD)/ebpfw-$*,$*,)
+
+define tag_objects
+$(foreach e,le be,$(BUILD)/ebpfw-$(1)-$(e).o): $(BUILD)/ebpfw-$(1)-%.o: $(BPF_SRC) $(BPF_HDRS) \
+		$(BUILD)/dsa/dsa-$(1).h | $(BUILD)
+	$$(call compile_bpf,$$<,$(BUILD)/ebpfw-$(1)-$$*,$$*,-DEBPFW_DSA_TAG='"dsa-$(1).h"')
+endef
+$(foreach t,$(DSA_TAGS),$(eval $(call tag_objects,$(t))))
 
 $(BUILD):
 	mkdir -p $@

@@ -14,6 +14,10 @@ The ebpfw counters prove the path: every run of a hit case must count one FORWAR
 is measured right after a fresh floor (harness(pass) and pass), and its ratio to that floor is
 the figure to compare across machines and runs.
 
+DSA (#12), in the same rounds: the object of the mtk tag (a head tag, after the source MAC)
+on a conduit and on another device, against the untagged object's hit. Tail tags (trailer)
+are not parsed, their frames pass: no hit to time.
+
 Also here: instructions of each program per object (in the ELF for the little- and the
 big-endian object; translated, JIT-compiled and verified as the kernel reports them for the
 one this machine loads), and what a hit would cost on an 880 MHz core (see estimate_880mhz).
@@ -62,6 +66,37 @@ CASES = (
     Case("drop", "DROP entry", 4, L2_OUT["untagged"], "drop"),
 )
 EXPECT = {"forward": XDP_REDIRECT, "pending": XDP_PASS, "drop": XDP_DROP}
+DSA_TAG = "mtk"
+MTK_OBJECT = ROOT / "build" / f"ebpfw-{DSA_TAG}-{EBPFW_OBJECT.stem.split('-')[-1]}.o"
+
+
+@dataclass(frozen=True)
+class DsaCase:
+    name: str
+    label: str
+    conduit: bool       # the object runs on a conduit (RX tag parsed)
+    in_port: int        # source port, NO_DSA_PORT: an untagged frame
+    out_port: int       # destination port, NO_DSA_PORT: a device without tag
+
+
+NONE = maps.NO_DSA_PORT
+DSA_CASES = (
+    DsaCase("mtk_plain", "mtk object, no tag either way, IPv4 TCP, SNAT", False, NONE, NONE),
+    DsaCase("mtk_retag", "mtk: tag from port 1, re-tag to port 0, IPv4 TCP, SNAT", True, 1, 0),
+    DsaCase("mtk_strip", "mtk: tag from port 1, out untagged, IPv4 TCP, SNAT", True, 1, NONE),
+    DsaCase("mtk_push", "mtk: in untagged, push the tag of port 0, IPv4 TCP, SNAT", False,
+            NONE, 0),
+)
+
+
+def _dsa_key_and_value(case: DsaCase) -> tuple[bytes, bytes, bytes]:
+    t = flow_tuple(4, "tcp")
+    data = frame(L2_IN["untagged"], t, payload=PAYLOAD)
+    if case.in_port != NONE:   # the switch's RX tag, after the source MAC
+        data = data[:12] + bytes([0, case.in_port, 0, 0]) + data[12:]
+    key = maps.encode_key(LO, t, dsa_port=case.in_port)
+    out = maps.L2Out(**{**L2_OUT["untagged"].out().__dict__, "dsa_port": case.out_port})
+    return data, key, maps.encode_forward(t, nat_tuple(t, "snat"), LO, 1500, out)
 COUNTER = {"forward": maps.Counter.FORWARD, "pending": maps.Counter.PASS_PENDING,
            "drop": maps.Counter.DROP}
 
@@ -170,6 +205,8 @@ def run(rounds: int = 9) -> dict[str, Any]:
     fwd_obj.map("fwd_l2").update(bytes(4), bytes.fromhex("020000000102020000000101"))
     harness = Harness()
     base = frame(L2_IN["untagged"], flow_tuple(4, "tcp"), payload=PAYLOAD)
+    dsa_fps = {c: load_fastpath(MTK_OBJECT, HEARTBEAT_TIMEOUT_S,
+                                dsa_conduits=(LO,) if c else ()) for c in (True, False)}
 
     per_round: list[dict[str, float]] = []
     checks: dict[str, list[str]] = {}
@@ -207,13 +244,33 @@ def run(rounds: int = 9) -> dict[str, Any]:
                     if res.retval != EXPECT[case.state]:
                         problems.append(f"direct run returned {res.retval}")
                 checks.setdefault(case.name, []).extend(f"round {r}: {p}" for p in problems)
+            for dcase in DSA_CASES:
+                dfp = dsa_fps[dcase.conduit]
+                data, key, value = _dsa_key_and_value(dcase)
+                dfp.reset()
+                dfp.flows.update(key, value)
+                floor_h, _ = harness.run(xdp_pass, base, REPEAT)
+                floor = xdp_pass.test_run(base, repeat=REPEAT).duration_ns
+                before = dfp.stats()[maps.Counter.FORWARD]
+                h_ns, h_ret = harness.run(dfp.obj.program("ebpfw_xdp"), data, REPEAT)
+                counted = dfp.stats()[maps.Counter.FORWARD] - before
+                problems = []
+                if h_ret != XDP_REDIRECT:
+                    problems.append(f"harness returned {h_ret}")
+                if counted != REPEAT:
+                    problems.append(f"counted {counted} of {REPEAT} FORWARD")
+                row[dcase.name] = h_ns - floor_h + floor
+                row[f"{dcase.name}_x_pass"] = row[dcase.name] / max(floor, 1)
+                checks.setdefault(dcase.name, []).extend(f"round {r}: {p}" for p in problems)
             per_round.append(row)
             log(f"per-packet round {r + 1}/{rounds}: pass {row['pass']:.0f} ns, redirect "
                 f"{row['redirect']:.0f} ns, hit v4 NAT {row['hit_v4_nat']:.0f} ns")
         pair = _pair_trick(fp, ebpfw)
     finally:
         fp.ring.close()
-        for obj in (fp.obj, pass_obj, fwd_obj, harness.obj):
+        for dfp in dsa_fps.values():
+            dfp.ring.close()
+        for obj in (fp.obj, pass_obj, fwd_obj, harness.obj, *(d.obj for d in dsa_fps.values())):
             obj.close()
 
     metrics = sorted({k for row in per_round for k in row})
@@ -222,7 +279,7 @@ def run(rounds: int = 9) -> dict[str, Any]:
     return {
         "repeat": REPEAT,
         "rounds": rounds,
-        "cases": {c.name: c.label for c in CASES},
+        "cases": {c.name: c.label for c in (*CASES, *DSA_CASES)},
         "figures": figures,
         "path_checks": {k: v for k, v in checks.items() if v},
         "pair_trick": pair,

@@ -5,7 +5,8 @@
  * One core, two entry points: XDP (ebpfw_xdp) and TC ingress (ebpfw_tc); and
  * on egress the proof (ebpfw_egress): a flow is forwarded here only after
  * the kernel was seen forwarding one of its packets, with the L2 header it
- * wrote then.
+ * wrote then. Built once without DSA tag code and once per DSA tag protocol
+ * (-DEBPFW_DSA_TAG names the header rendered from bpf/dsa/tag.h.j2).
  */
 #include <stdbool.h>
 #include <stddef.h>
@@ -25,6 +26,11 @@ _Static_assert(sizeof(struct ebpfw_key4) == 24 && sizeof(struct ebpfw_key6) == 4
 	       "flow keys without padding");
 _Static_assert(offsetof(struct ebpfw_key4, saddr) == offsetof(struct ebpfw_key6, saddr),
 	       "flow keys share their head");
+
+#ifdef EBPFW_DSA_TAG
+/* The tag this object speaks: the loader checks it against the conduit's */
+const char ebpfw_dsa_tag[] SEC(".rodata.dsa") = DSA_TAG_NAME;
+#endif
 
 const volatile struct ebpfw_config ebpfw_cfg SEC(".rodata.config") = {
 	.heartbeat_timeout_ns = 5 * NSEC_PER_SEC,
@@ -85,6 +91,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } ebpfw_tx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EBPFW_MACS_MAX);
+	__type(key, struct ebpfw_mac);
+	__type(value, __u32);
+} ebpfw_macs SEC(".maps");
 
 enum verdict {
 	V_PASS,
@@ -294,6 +307,39 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	return V_FORWARD;
 }
 
+/* Frames on this device carry the object's DSA tag (switch -> CPU) */
+static __always_inline enum dsa_dir rx_dir(__u32 ifindex)
+{
+#ifdef EBPFW_DSA_TAG
+	for (int i = 0; i < EBPFW_DSA_CONDUITS; i++)
+		if (ebpfw_cfg.dsa_conduits[i] && ebpfw_cfg.dsa_conduits[i] == ifindex)
+			return DSA_RX;
+#endif
+	return DSA_NONE;
+}
+
+/* What the kernel sends on a conduit carries the tag the DSA tagger wrote */
+static __always_inline enum dsa_dir tx_dir(__u32 ifindex)
+{
+	return rx_dir(ifindex) == DSA_RX ? DSA_TX : DSA_NONE;
+}
+
+/*
+ * Bytes to append before pushing the flow's DSA tag: the kernel's tagger
+ * pads shorter frames first (some switches drop them otherwise).
+ */
+static __always_inline __u32 dsa_pad(const struct ebpfw_flow *f, const struct pkt *p,
+				     __u32 frame_len, __u32 l2_out)
+{
+#if defined(EBPFW_DSA_TAG) && DSA_PAD_TO
+	__u32 untagged = l2_out - dsa_push_len(f) + (frame_len - p->l2_len);
+
+	if (f->l2.dsa_port != EBPFW_NO_DSA_PORT && untagged < DSA_PAD_TO)
+		return DSA_PAD_TO - untagged;
+#endif
+	return 0;
+}
+
 static __always_inline struct ebpfw_stats *stats(void)
 {
 	__u32 zero = 0;
@@ -309,14 +355,14 @@ int ebpfw_xdp(struct xdp_md *ctx)
 	struct ebpfw_stats *st = stats();
 	struct pkt p;
 	struct ebpfw_flow *f = NULL;
-	__u32 l2_out;
+	__u32 l2_out, pad;
 	int ret;
 
 	if (!st)
 		return XDP_PASS;
 	count(st, EBPFW_CNT_RX);
 	pkt_init(&p, ctx->ingress_ifindex);
-	if ((ret = parse_packet(data, end, end - data, &p))) {
+	if ((ret = parse_packet(data, end, end - data, &p, rx_dir(ctx->ingress_ifindex)))) {
 		pass(st, ret);
 		return XDP_PASS;
 	}
@@ -334,6 +380,10 @@ int ebpfw_xdp(struct xdp_md *ctx)
 		pass(st, EBPFW_PASS_MTU);
 		return XDP_PASS;
 	}
+	if (!dsa_can_push(f)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
+	}
 	/* One call looks the egress up and notes the redirect; nothing has been
 	 * changed yet if the device is not there */
 	if (bpf_redirect_map(&ebpfw_tx, f->oif, XDP_PASS) != XDP_REDIRECT) {
@@ -341,17 +391,22 @@ int ebpfw_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 
-	/* Move the IP header's start to match the egress L2 length first: if
-	 * that fails, nothing has been changed yet. */
+	/* Pad for a pushed tag and move the IP header's start to match the
+	 * egress L2 length first: if that fails, nothing has been changed yet. */
 	l2_out = l2_len_out(f);
-	if (l2_out != p.l2_len) {
-		if (bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
-			pass(st, EBPFW_PASS_L2_REWRITE);
-			return XDP_PASS;
-		}
-		data = (void *)(long)ctx->data;
-		end = (void *)(long)ctx->data_end;
+	pad = dsa_pad(f, &p, end - data, l2_out);
+	if (pad && bpf_xdp_adjust_tail(ctx, pad)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
 	}
+	if (l2_out != p.l2_len && bpf_xdp_adjust_head(ctx, (int)p.l2_len - (int)l2_out)) {
+		if (pad)
+			bpf_xdp_adjust_tail(ctx, -(int)pad);	/* gives back what it took */
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return XDP_PASS;
+	}
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
 	if (l2_out > L2_MAX_LEN || write_l2(data, end, f, &p) ||
 	    rewrite_l3l4(data + l2_out, end, f, &p, 1)) {
 		count(st, EBPFW_CNT_REWRITE_ERROR);
@@ -373,26 +428,62 @@ static __always_inline __u32 tc_seg_len(struct __sk_buff *ctx, const struct pkt 
 /*
  * TC cannot remove L2 bytes below the IP header of an skb whose protocol is
  * not IP (bpf_skb_adjust_room refuses it), so a PPPoE session cannot end
- * here; and the PPPoE length of a GSO skb would be wrong for its segments.
+ * here (a DSA frame can: tc_untag); and the PPPoE length of a GSO skb would
+ * be wrong for its segments.
  */
 static __always_inline bool tc_can_rewrite_l2(struct __sk_buff *ctx, const struct pkt *p,
 					      const struct ebpfw_flow *f)
 {
-	if (p->pppoe && !f->l2.pppoe_sid)
+	if (p->pppoe && !f->l2.pppoe_sid && p->key.v6.dsa_port == EBPFW_NO_DSA_PORT)
 		return false;
 	if (f->l2.pppoe_sid && ctx->gso_size)
 		return false;
 	return true;
 }
 
-/* Strip every VLAN tag (in data or metadata), then grow to the egress L2 */
+/*
+ * A frame from a DSA conduit down to plain Ethernet. Its skb has no IP
+ * protocol (ETH_P_XDSA on a real conduit), and bpf_skb_adjust_room only
+ * shrinks IP skbs. A second VLAN push makes the kernel insert the first one
+ * into the frame and take skb->protocol from it; with the L3 EtherType
+ * written behind that tag, popping it leaves an IP skb whose extra L2 bytes
+ * (the DSA tag, VLAN tags, PPPoE) adjust_room then removes.
+ */
+static __always_inline int tc_untag(struct __sk_buff *ctx, const struct pkt *p)
+{
+	__be16 l3 = bpf_htons(p->l3proto == EBPFW_L3_IPV4 ? ETH_P_IP : ETH_P_IPV6);
+
+	if (bpf_skb_vlan_push(ctx, bpf_htons(ETH_P_8021Q), 0) ||
+	    bpf_skb_vlan_push(ctx, bpf_htons(ETH_P_8021Q), 0))
+		return -1;
+	/* MACs | 8100 0000 | the old L2 from byte 12 on: the inserted tag's inner type */
+	if (bpf_skb_store_bytes(ctx, 2 * ETH_ALEN + VLAN_HLEN_, &l3, sizeof(l3),
+				BPF_F_RECOMPUTE_CSUM))
+		return -1;
+	/* the first pop drops the metadata tag and moves the inserted one there,
+	 * the second drops that */
+	if (bpf_skb_vlan_pop(ctx) || bpf_skb_vlan_pop(ctx))
+		return -1;
+	return bpf_skb_adjust_room(ctx, -(int)(p->l2_len - ETH_HLEN), BPF_ADJ_ROOM_MAC, 0);
+}
+
+/* Strip every VLAN tag (in data or metadata) or a DSA frame's whole L2, then
+ * grow to the egress L2 */
 static __always_inline int tc_adjust_l2(struct __sk_buff *ctx, const struct pkt *p, __u32 l2_out)
 {
 	__u32 l2_now = ETH_HLEN + (p->pppoe ? PPPOE_HLEN : 0);
 
-	for (int i = 0; i < 2; i++)
-		if (i < p->vlans && bpf_skb_vlan_pop(ctx))
+	if (p->key.v6.dsa_port != EBPFW_NO_DSA_PORT) {
+		if (l2_out == p->l2_len)
+			return 0;	/* re-tag: same length, rewritten in place */
+		if (tc_untag(ctx, p))
 			return -1;
+		l2_now = ETH_HLEN;
+	} else {
+		for (int i = 0; i < 2; i++)
+			if (i < p->vlans && bpf_skb_vlan_pop(ctx))
+				return -1;
+	}
 	if (l2_out > l2_now && bpf_skb_change_head(ctx, l2_out - l2_now, 0))
 		return -1;
 	return 0;
@@ -404,7 +495,8 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	struct ebpfw_stats *st = stats();
 	struct pkt p;
 	struct ebpfw_flow *f = NULL;
-	__u32 l2_out, l4_check, csum_flags, l4_diff_addr, l4_diff_port;
+	__u32 l2_out, l4_check, csum_flags, l4_diff_addr, l4_diff_port, pad;
+	enum dsa_dir dir = rx_dir(ctx->ifindex);
 	void *data, *end;
 	int ret;
 
@@ -417,12 +509,19 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	end = (void *)(long)ctx->data_end;
 	pkt_init(&p, ctx->ifindex);
 
-	/* the kernel moves the outer tag of a received frame into metadata */
+	/* the kernel moves the outer tag of a received frame into metadata; on a
+	 * conduit the DSA tag comes first, so none can be there */
 	if (ctx->vlan_present) {
+		if (dir != DSA_NONE) {
+			pass(st, EBPFW_PASS_L2);
+			return TC_ACT_UNSPEC;
+		}
+		p.vlan_tci[0] = ctx->vlan_tci;
 		p.key.v6.vlan[0] = ctx->vlan_tci & 0x0fff;
+		p.vlan_tpid = ctx->vlan_proto;
 		p.vlans = 1;
 	}
-	if ((ret = parse_packet(data, end, ctx->len, &p))) {
+	if ((ret = parse_packet(data, end, ctx->len, &p, dir))) {
 		pass(st, ret);
 		return TC_ACT_UNSPEC;
 	}
@@ -440,7 +539,7 @@ int ebpfw_tc(struct __sk_buff *ctx)
 		pass(st, EBPFW_PASS_MTU);
 		return TC_ACT_UNSPEC;
 	}
-	if (!tc_can_rewrite_l2(ctx, &p, f)) {
+	if (!tc_can_rewrite_l2(ctx, &p, f) || !dsa_can_push(f)) {
 		pass(st, EBPFW_PASS_L2_REWRITE);
 		return TC_ACT_UNSPEC;
 	}
@@ -450,6 +549,11 @@ int ebpfw_tc(struct __sk_buff *ctx)
 	l4_diff_addr = f->csum_addr;
 	l4_diff_port = f->csum_port;
 	csum_flags = p.key.v6.l4proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	pad = dsa_pad(f, &p, ctx->len, l2_out);
+	if (pad && bpf_skb_change_tail(ctx, ctx->len + pad, 0)) {
+		pass(st, EBPFW_PASS_L2_REWRITE);
+		return TC_ACT_UNSPEC;
+	}
 	if (tc_adjust_l2(ctx, &p, l2_out))
 		goto error;
 	data = (void *)(long)ctx->data;
@@ -473,35 +577,34 @@ error:
 
 /* -- the proof: what the kernel itself forwards, seen on the egress device ------------------ */
 
-/* The L2 header the kernel wrote: MACs, VLAN tags (the outer one may be in
- * skb metadata), PPPoE session; -1 if the frame is shorter than its tags */
-static __always_inline int seen_l2(struct __sk_buff *ctx, void *data, void *end,
-				   const struct pkt *p, __u16 pppoe_sid, struct ebpfw_l2 *l2)
+/* The L2 header the kernel wrote, as the parser read it: MACs, VLAN tags (the
+ * outer one may be in skb metadata, or inside a DSA tag), PPPoE session, DSA
+ * port; -1 if the frame is shorter than that */
+static __always_inline int seen_l2(void *data, void *end, const struct pkt *p, __u16 pppoe_sid,
+				   __u8 dsa_port, struct ebpfw_l2 *l2)
 {
-	__be16 *w = data + 2 * ETH_ALEN;	/* tags in the frame: tpid, tci, tpid, tci */
+	void *eth = data + (p->eth_off & 0x3f);	/* after a head DSA tag, if any */
 
-	if (data + ETH_HLEN + 2 * VLAN_HLEN_ > end)
+	if (eth + ETH_HLEN > end)
 		return -1;
-	copy_mac(l2->dmac, data);
-	copy_mac(l2->smac, data + ETH_ALEN);
+	copy_mac(l2->dmac, eth);
+	copy_mac(l2->smac, eth + ETH_ALEN);
 	l2->vlans = p->vlans;
-	l2->vlan_tpid = 0;
-	l2->vlan_tci[0] = 0;
-	l2->vlan_tci[1] = 0;
-	if (ctx->vlan_present) {
-		l2->vlan_tpid = ctx->vlan_proto;
-		l2->vlan_tci[0] = ctx->vlan_tci;
-		if (p->data_vlans)
-			l2->vlan_tci[1] = bpf_ntohs(w[1]);
-	} else if (p->data_vlans) {
-		l2->vlan_tpid = w[0];
-		l2->vlan_tci[0] = bpf_ntohs(w[1]);
-		if (p->data_vlans > 1)
-			l2->vlan_tci[1] = bpf_ntohs(w[3]);
-	}
+	l2->vlan_tpid = p->vlans ? p->vlan_tpid : 0;
+	l2->vlan_tci[0] = p->vlans > 0 ? p->vlan_tci[0] : 0;
+	l2->vlan_tci[1] = p->vlans > 1 ? p->vlan_tci[1] : 0;
 	l2->pppoe_sid = pppoe_sid;
-	l2->dsa_port = EBPFW_NO_DSA_PORT;
+	l2->dsa_port = dsa_port;
 	return 0;
+}
+
+/* The kernel writes one of the router's own addresses on what it routes */
+static __always_inline bool own_mac(const __u8 *smac)
+{
+	struct ebpfw_mac key;
+
+	__builtin_memcpy(key.addr, smac, sizeof(key.addr));
+	return bpf_map_lookup_elem(&ebpfw_macs, &key) != NULL;
 }
 
 static __always_inline bool same_l2(const struct ebpfw_l2 *a, const struct ebpfw_l2 *b)
@@ -532,6 +635,7 @@ int ebpfw_egress(struct __sk_buff *ctx)
 	struct pkt p;
 	void *data, *end;
 	__u16 sid;
+	__u8 port;
 
 	if (!st)
 		return TC_ACT_UNSPEC;
@@ -543,12 +647,17 @@ int ebpfw_egress(struct __sk_buff *ctx)
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	pkt_init(&p, 0);
-	if (ctx->vlan_present)
+	if (ctx->vlan_present) {	/* the outer tag, the kernel put in metadata */
 		p.vlans = 1;
-	if (parse_packet(data, end, ctx->len, &p) || (p.tcp_flags & (TCPF_FIN_ | TCPF_RST_)))
+		p.vlan_tci[0] = ctx->vlan_tci;
+		p.vlan_tpid = ctx->vlan_proto;
+	}
+	if (parse_packet(data, end, ctx->len, &p, tx_dir(ctx->ifindex)) ||
+	    (p.tcp_flags & (TCPF_FIN_ | TCPF_RST_)))
 		return TC_ACT_UNSPEC;
 	/* the tuple it leaves with, in a key without device fields */
 	sid = p.key.v6.pppoe_sid;
+	port = p.key.v6.dsa_port;
 	p.key.v6.vlan[0] = 0;
 	p.key.v6.vlan[1] = 0;
 	p.key.v6.pppoe_sid = 0;
@@ -567,8 +676,12 @@ int ebpfw_egress(struct __sk_buff *ctx)
 		return TC_ACT_UNSPEC;
 	if (f->state != EBPFW_FORWARD && f->state != EBPFW_PROVING)
 		return TC_ACT_UNSPEC;
-	if (seen_l2(ctx, data, end, &p, sid, &seen))
+	if (seen_l2(data, end, &p, sid, port, &seen))
 		return TC_ACT_UNSPEC;
+	if (!own_mac(seen.smac)) {
+		count(st, EBPFW_CNT_NOT_OURS);
+		return TC_ACT_UNSPEC;
+	}
 	if (f->state == EBPFW_FORWARD && f->oif == ctx->ifindex && same_l2(&f->l2, &seen)) {
 		f->gen = st->gen;
 		count(st, EBPFW_CNT_REPROVED);

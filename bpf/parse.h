@@ -7,6 +7,7 @@
 #ifndef __EBPFW_PARSE_H
 #define __EBPFW_PARSE_H
 
+#include <stdbool.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
@@ -21,7 +22,8 @@
 #define PPP_IPV6_	0x0057
 #define PPPOE_HLEN	8	/* PPPoE session header + PPP protocol */
 #define VLAN_HLEN_	4
-#define L2_MAX_LEN	(ETH_HLEN + 2 * VLAN_HLEN_ + PPPOE_HLEN)
+#define DSA_MAX_LEN	8	/* longest head or after-source-MAC tag of any protocol */
+#define L2_MAX_LEN	(DSA_MAX_LEN + ETH_HLEN + 2 * VLAN_HLEN_ + PPPOE_HLEN)
 
 #define TCPF_FIN_	0x01
 #define TCPF_SYN_	0x02
@@ -61,9 +63,18 @@ static __always_inline int cursor_has(const struct cursor *c, __u32 len)
 	return (__u32)(c->pos - c->start) + len <= c->len;
 }
 
+/* Which DSA tag format a frame carries: none (not a conduit), switch -> CPU
+ * (received on a conduit) or CPU -> switch (sent by the kernel to a conduit) */
+enum dsa_dir {
+	DSA_NONE,
+	DSA_RX,
+	DSA_TX,
+};
+
 /* What the parser learned about one packet */
 struct pkt {
-	union ebpfw_key key;	/* head fields through key.v6, addresses per family */
+	union ebpfw_key key;	/* head fields through key.v6, addresses per family;
+				 * key.dsa_port: RX the source, TX the destination port */
 	void *l3;		/* IPv4 / IPv6 header */
 	void *l4;		/* TCP / UDP header */
 	__u16 l2_len;		/* L2 bytes in the packet data before l3 */
@@ -76,6 +87,9 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 l4_hlen;		/* TCP header with options, or UDP */
 	__u8 ttl;
+	__be16 vlan_tpid;	/* protocol of the outer VLAN tag (vlans > 0) */
+	__u16 vlan_tci[2];	/* the tags' TCIs, priority bits included, [0] outer */
+	__u16 eth_off;		/* where the Ethernet header starts (after a head DSA tag) */
 };
 
 /* What the parser starts from; it writes every other field it reads (the
@@ -93,12 +107,13 @@ static __always_inline void pkt_init(struct pkt *p, __u32 ifindex)
 	p->tcp_flags = 0;
 }
 
-static __always_inline int parse_eth(struct cursor *c, __be16 *proto)
+static __always_inline int parse_eth(struct cursor *c, struct pkt *p, __be16 *proto)
 {
 	struct eth_hdr_ *eth = c->pos;
 
 	if ((void *)(eth + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
+	p->eth_off = c->pos - c->start;
 	/* group bit: broadcast and multicast never have a routed flow */
 	if (eth->h_dest[0] & 1)
 		return EBPFW_PASS_MULTICAST;
@@ -125,10 +140,14 @@ static __always_inline int parse_vlan(struct cursor *c, struct pkt *p, __be16 *p
 		return EBPFW_PASS_TRUNCATED;
 	/* a branch, not vlan[p->vlans]: an indexed stack address is one the
 	 * compiler may build with an OR, which the verifier refuses */
-	if (p->vlans)
-		p->key.v6.vlan[1] = bpf_ntohs(vh->tci) & 0x0fff;
-	else
-		p->key.v6.vlan[0] = bpf_ntohs(vh->tci) & 0x0fff;
+	if (p->vlans) {
+		p->vlan_tci[1] = bpf_ntohs(vh->tci);
+		p->key.v6.vlan[1] = p->vlan_tci[1] & 0x0fff;
+	} else {
+		p->vlan_tci[0] = bpf_ntohs(vh->tci);
+		p->key.v6.vlan[0] = p->vlan_tci[0] & 0x0fff;
+		p->vlan_tpid = *proto;
+	}
 	p->vlans++;
 	p->data_vlans++;
 	*proto = vh->proto;
@@ -165,8 +184,10 @@ static __always_inline int parse_ipv4(struct cursor *c, struct pkt *p)
 
 	if ((void *)(ip + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
-	if (*(__u8 *)ip != 0x45)	/* version 4, no options: one test on the hot path */
-		return ip->version != 4 ? EBPFW_PASS_NOT_IP : EBPFW_PASS_IP_OPTIONS;
+	/* version 4, no options: one test on the hot path. Bytes, not the
+	 * bitfields: their order comes from the host's asm headers */
+	if (*(__u8 *)ip != 0x45)
+		return *(__u8 *)ip >> 4 != 4 ? EBPFW_PASS_NOT_IP : EBPFW_PASS_IP_OPTIONS;
 	if (ip->frag_off & bpf_htons(0x3fff))	/* MF or an offset */
 		return EBPFW_PASS_FRAGMENT;
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
@@ -207,7 +228,7 @@ static __always_inline int parse_ipv6(struct cursor *c, struct pkt *p)
 
 	if ((void *)(ip6 + 1) > c->end)
 		return EBPFW_PASS_TRUNCATED;
-	if (ip6->version != 6)
+	if (*(__u8 *)ip6 >> 4 != 6)
 		return EBPFW_PASS_NOT_IP;
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return is_ipv6_ext(ip6->nexthdr) ? EBPFW_PASS_IPV6_EXT : EBPFW_PASS_L4_PROTO;
@@ -238,15 +259,17 @@ static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 
 	if (p->key.v6.l4proto == IPPROTO_TCP) {
 		struct tcphdr *th = c->pos;
+		__u32 hlen;
 
 		if ((void *)(th + 1) > c->end)
 			return EBPFW_PASS_TRUNCATED;
-		if (th->doff < 5 || th->doff * 4 > payload)
+		hlen = (((__u8 *)th)[12] >> 4) * 4;	/* data offset, not the bitfield */
+		if (hlen < sizeof(*th) || hlen > payload)
 			return EBPFW_PASS_TRUNCATED;
 		p->tcp_flags = ((__u8 *)th)[13];
 		p->key.v6.sport = th->source;
 		p->key.v6.dport = th->dest;
-		p->l4_hlen = th->doff * 4;
+		p->l4_hlen = hlen;
 		p->l4 = th;
 	} else {
 		struct udphdr *uh = c->pos;
@@ -265,19 +288,89 @@ static __always_inline int parse_l4(struct cursor *c, struct pkt *p)
 	return 0;
 }
 
+#ifdef EBPFW_DSA_TAG
+/* The tag's own steps, rendered from bpf/dsa/tag.h.j2 (make bpf names it) */
+#include EBPFW_DSA_TAG
+
 /*
- * Ethernet, up to two VLAN tags, PPPoE, IPv4 / IPv6, TCP / UDP. Tags that the
- * kernel already moved into skb metadata are in p->vlans on entry. len is the
- * whole packet from data on, linear or not.
+ * A plain Ethernet IPv4, IPv6 or ARP header at the frame's start (18 bytes
+ * in bounds): on a conduit, a frame whose tag the MAC took off in hardware
+ * (MediaTek SoCs can, handing the port over out of band).
  */
-static __always_inline int parse_packet(void *data, void *end, __u32 len, struct pkt *p)
+static __always_inline bool dsa_untagged(const __u8 *eth)
+{
+	__u16 type = (__u16)eth[12] << 8 | eth[13];
+
+	if (type == ETH_P_IP)
+		return eth[14] >> 4 == 4;
+	if (type == ETH_P_IPV6)
+		return eth[14] >> 4 == 6;
+	return type == ETH_P_ARP && eth[14] == 0 && eth[15] == 1 && eth[16] == 8 && eth[17] == 0;
+}
+
+/*
+ * The tag in the format dir says: at the frame's start (head tags) or where
+ * the EtherType would be (c->pos just past it, after parse_eth). The port goes
+ * to key.dsa_port; a VLAN tag the tag stands in for to the VLAN fields.
+ */
+static __always_inline int parse_dsa(struct cursor *c, struct pkt *p, __be16 *proto,
+				     enum dsa_dir dir)
+{
+	__u32 len = dir == DSA_RX ? DSA_RX_LEN : DSA_TX_LEN;
+	__u8 *t;
+	int port;
+
+#ifdef DSA_TAG_HEAD
+	t = c->pos;
+	if ((void *)t + len + ETH_HLEN > c->end)
+		return EBPFW_PASS_TRUNCATED;
+#else
+	t = c->pos - 2;
+	if ((void *)t + len + 2 > c->end)
+		return EBPFW_PASS_TRUNCATED;
+#endif
+	if (dir == DSA_RX && c->start + 18 <= c->end && dsa_untagged(c->start))
+		return EBPFW_PASS_DSA_UNTAGGED;
+	port = dir == DSA_RX ? dsa_rx_port(t, p) : dsa_tx_port(t, p);
+	if (port < 0)
+		return EBPFW_PASS_DSA_TAG;
+	p->key.v6.dsa_port = port;
+#ifdef DSA_TAG_HEAD
+	c->pos = t + len;
+#else
+	*proto = *(__be16 *)(t + len);
+	c->pos = t + len + 2;
+#endif
+	return 0;
+}
+#endif /* EBPFW_DSA_TAG */
+
+/*
+ * [DSA tag,] Ethernet, up to two VLAN tags, PPPoE, IPv4 / IPv6, TCP / UDP.
+ * Tags that the kernel already moved into skb metadata are in p->vlans on
+ * entry. len is the whole packet from data on, linear or not. dir: the DSA
+ * tag format on this device; an object without tag code has no tag step.
+ */
+static __always_inline int parse_packet(void *data, void *end, __u32 len, struct pkt *p,
+					enum dsa_dir dir)
 {
 	struct cursor c = { .pos = data, .end = end, .start = data, .len = len };
 	__be16 proto;
 	int ret;
 
-	if ((ret = parse_eth(&c, &proto)))
+#if defined(EBPFW_DSA_TAG) && defined(DSA_TAG_HEAD)
+	if (dir != DSA_NONE && (ret = parse_dsa(&c, p, &proto, dir)))
 		return ret;
+#elif defined(EBPFW_DSA_TAG) && defined(DSA_TAG_TAIL)
+	if (dir != DSA_NONE)	/* tail tags are not parsed (yet): the stack keeps them */
+		return EBPFW_PASS_DSA_TAG;
+#endif
+	if ((ret = parse_eth(&c, p, &proto)))
+		return ret;
+#if defined(EBPFW_DSA_TAG) && defined(DSA_TAG_AFTER_SA)
+	if (dir != DSA_NONE && (ret = parse_dsa(&c, p, &proto, dir)))
+		return ret;
+#endif
 	if ((ret = parse_vlan(&c, p, &proto)))
 		return ret;
 	if ((ret = parse_vlan(&c, p, &proto)))

@@ -27,12 +27,42 @@ static __always_inline __u32 csum_diff16(__u16 from, __u16 to)
 	return (__u16)~from + (__u32)to;
 }
 
+#if defined(EBPFW_DSA_TAG) && !defined(DSA_TAG_TAIL)
+#define DSA_IN_FRONT	1	/* a pushed tag is part of the L2 header in front of L3 */
+#endif
+
+/* Bytes a pushed DSA tag adds in front of the IP header */
+static __always_inline __u32 dsa_push_len(const struct ebpfw_flow *f)
+{
+#ifdef DSA_IN_FRONT
+	if (f->l2.dsa_port != EBPFW_NO_DSA_PORT)
+		return dsa_vlan_inside(f) ? DSA_TX_LEN - VLAN_HLEN_ : DSA_TX_LEN;
+#endif
+	return 0;
+}
+
 /* Bytes of L2 header the flow's egress needs in front of the IP header */
 static __always_inline __u32 l2_len_out(const struct ebpfw_flow *f)
 {
-	__u32 len = ETH_HLEN + (f->l2.vlans > 2 ? 2 : f->l2.vlans) * VLAN_HLEN_;
+	__u32 len = ETH_HLEN + (f->l2.vlans > 2 ? 2 : f->l2.vlans) * VLAN_HLEN_ + dsa_push_len(f);
 
 	return f->l2.pppoe_sid ? len + PPPOE_HLEN : len;
+}
+
+/*
+ * Whether this object can write the flow's egress tag: a flow into a DSA
+ * conduit needs the tag code of the conduit's protocol (the daemon only asks
+ * an object of that protocol, this is the fast path's own check).
+ */
+static __always_inline bool dsa_can_push(const struct ebpfw_flow *f)
+{
+	if (f->l2.dsa_port == EBPFW_NO_DSA_PORT)
+		return true;
+#ifdef DSA_IN_FRONT
+	return dsa_port_ok(f);
+#else
+	return false;	/* no tag code, or a tail tag (not written yet) */
+#endif
 }
 
 /* Both ends 2-byte aligned (the frame, the flow value): three stores, not six */
@@ -50,14 +80,29 @@ static __always_inline void copy_mac(void *dst, const __u8 *src)
 static __always_inline int write_l2(void *data, void *end, const struct ebpfw_flow *f,
 				    const struct pkt *p)
 {
-	struct ethhdr *eth = data;
-	__be16 *w = data + 2 * ETH_ALEN;
+	__u8 *eth = data;
+	__be16 *w;
+	bool outer_in_tag = false;	/* the DSA tag carries the outer VLAN tag */
 
 	if (data + L2_MAX_LEN > end)
 		return -1;
-	copy_mac(eth->h_dest, f->l2.dmac);
-	copy_mac(eth->h_source, f->l2.smac);
-	if (f->l2.vlans >= 1) {
+#if defined(EBPFW_DSA_TAG) && defined(DSA_TAG_HEAD)
+	if (f->l2.dsa_port != EBPFW_NO_DSA_PORT) {
+		dsa_push(data, f);
+		eth += DSA_TX_LEN;
+	}
+#endif
+	copy_mac(eth, f->l2.dmac);
+	copy_mac(eth + ETH_ALEN, f->l2.smac);
+	w = (__be16 *)(eth + 2 * ETH_ALEN);
+#if defined(EBPFW_DSA_TAG) && defined(DSA_TAG_AFTER_SA)
+	if (f->l2.dsa_port != EBPFW_NO_DSA_PORT) {
+		dsa_push((__u8 *)w, f);
+		w += DSA_TX_LEN / 2;
+		outer_in_tag = dsa_vlan_inside(f);
+	}
+#endif
+	if (f->l2.vlans >= 1 && !outer_in_tag) {
 		w[0] = f->l2.vlan_tpid;
 		w[1] = bpf_htons(f->l2.vlan_tci[0]);
 		w += 2;

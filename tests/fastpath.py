@@ -171,6 +171,7 @@ class FastPath:
         self.flows = FlowTables(self.obj.map)
         self.stats_map = self.obj.map("ebpfw_stats")
         self.tx = self.obj.map("ebpfw_tx")
+        self.macs = self.obj.map(maps.MACS_MAP)
         self.runtime = self.obj.map("ebpfw_runtime")
         self.egress = {fam: self.obj.map(name) for fam, name in maps.EGRESS_TABLES.items()}
         self.ring = RingBuffer(self.obj.map("ebpfw_events"), self.events.append)
@@ -217,14 +218,17 @@ class FastPath:
 
 
 def load_fastpath(path: Path, heartbeat_timeout_s: float, event_rate: int = maps.EVENT_RATE,
-                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None) -> FastPath:
+                  event_burst: int = maps.EVENT_BURST, pending_max: int | None = None,
+                  dsa_conduits: tuple[int, ...] = ()) -> FastPath:
     obj = BpfObject(str(path))
     obj.set_rodata(maps.CONFIG_SECTION,
-                   maps.encode_config(heartbeat_timeout_s, event_rate, event_burst))
+                   maps.encode_config(heartbeat_timeout_s, event_rate, event_burst, dsa_conduits))
     if pending_max is not None:
         for _, pending in maps.TABLES.values():
             obj.set_max_entries(pending, pending_max)
     obj.load()
     fp = FastPath(obj)
     fp.tx.update(struct.pack("=I", LO_IFINDEX), struct.pack("=I", LO_IFINDEX))
+    for mac in (ROUTER_IN_MAC, ROUTER_OUT_MAC):     # the router's own, as the daemon writes them
+        fp.macs.update(bytes.fromhex(mac.replace(":", "")), struct.pack("=I", LO_IFINDEX))
     return fp

@@ -62,8 +62,9 @@ def test_constants_match_header(tmp_path: Path):
     expected: dict[str, int] = {
         "EBPFW_FLOWS_DEFAULT": maps.FLOWS_DEFAULT, "EBPFW_PENDING_DEFAULT": maps.PENDING_DEFAULT,
         "EBPFW_EVENTS_BYTES": maps.EVENTS_BYTES,
-        "EBPFW_TX_MAX": maps.TX_MAX, "EBPFW_L3_IPV4": maps.L3_IPV4, "EBPFW_L3_IPV6": maps.L3_IPV6,
-        "EBPFW_NO_DSA_PORT": maps.NO_DSA_PORT, "EBPFW_F_NAT": maps.F_NAT,
+        "EBPFW_TX_MAX": maps.TX_MAX, "EBPFW_MACS_MAX": maps.MACS_MAX, "EBPFW_L3_IPV4": maps.L3_IPV4, "EBPFW_L3_IPV6": maps.L3_IPV6,
+        "EBPFW_NO_DSA_PORT": maps.NO_DSA_PORT, "EBPFW_DSA_CONDUITS": maps.DSA_CONDUITS,
+        "EBPFW_F_NAT": maps.F_NAT,
         "EBPFW_F_CLOSING": maps.F_CLOSING, "EBPFW_F_TC_ONLY": maps.F_TC_ONLY,
         "EBPFW_F_REPORTED": maps.F_REPORTED, "EBPFW_EGRESS_DEFAULT": maps.EGRESS_DEFAULT,
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import requires_root
-from fastpath import (HOOKS, L2_IN, L2_OUT, LO_IFINDEX, TC_ACT_UNSPEC, FastPath, Hook, flow_tuple,
+from fastpath import (CLIENT_MAC, HOOKS, L2_IN, L2_OUT, LO_IFINDEX, TC_ACT_UNSPEC, FastPath, Hook, flow_tuple,
                       forwarded_frame, frame, load_fastpath, nat_tuple, skb_ctx)
 from fw_ebpf import maps
 from fw_ebpf.maps import Counter, State
@@ -86,7 +86,8 @@ def test_nothing_proving_nothing_looked_at(fp):
     assert fp.flows.lookup(key) == before and fp.drain_events() == []
 
 
-@pytest.mark.parametrize("why", ["sent by the router", "closing", "another tuple", "no flow"])
+@pytest.mark.parametrize("why", ["sent by the router", "closing", "another tuple", "no flow",
+                                 "not the router's source MAC"])
 def test_frames_that_prove_nothing(fp, why):
     t = flow_tuple(4, "tcp")
     post = nat_tuple(t, "snat")
@@ -99,8 +100,11 @@ def test_frames_that_prove_nothing(fp, why):
         data = forwarded_frame(L2_OUT["untagged"], nat_tuple(t, "dnat"))
     if why == "no flow":
         fp.flows.delete(key)
+    if why == "not the router's source MAC":    # bridged, or redirected before routing
+        data = data[:6] + bytes.fromhex(CLIENT_MAC.replace(":", "")) + data[12:]
     egress(fp, data, ingress)
     assert fp.drain_events() == [] and fp.stats()[Counter.PROVED] == 0
+    assert fp.stats()[Counter.NOT_OURS] == (why == "not the router's source MAC")
     if why != "no flow":
         assert fp.flows.lookup(key) == before
 

@@ -44,6 +44,9 @@ PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
 
 Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
+# ifindex, DSA port -> the L3 MTU of what leaves there (a conduit: its user port's)
+EgressMtu = Callable[[int, int], int]
+DSA_PORT_MASK = 0x7F    # the port number in an l2.dsa_port (bit 7: a tag's own flag)
 
 
 def reverse(t: Tuple) -> Tuple:
@@ -61,11 +64,12 @@ def drop_ttl_ns(until: float, now: float) -> int:
 class Admission:
     def __init__(self, book: FlowBook, tables: FlowTables, conntrack: Conntrack, links: Links,
                  hooks: Hooks, policy: Callable[[], Policy | None],
-                 tx_devices: Callable[[], set[int]]) -> None:
+                 tx_devices: Callable[[], set[int]], egress_mtu: EgressMtu) -> None:
         self.book, self.tables, self.conntrack, self.links = book, tables, conntrack, links
         self._hooks = hooks
         self._policy = policy
         self._tx_devices = tx_devices      # egress devices in the XDP devmap
+        self._egress_mtu = egress_mtu
         self._retries: list[tuple[float, int, bytes]] = []
         self._retry_seq = 0
         self.ct_expiry: dict[bytes, float] = {}     # connection -> its conntrack timeout
@@ -108,7 +112,8 @@ class Admission:
                                f"{xdp or 'no'} XDP and no tc hook")
             return
         f.state, f.gen = State.FORWARD, self.tables.gen
-        f.mtu = max(0, self.links.mtu(f.oif) - (PPPOE_HLEN if f.l2.pppoe_sid else 0))
+        f.mtu = max(0, self._egress_mtu(f.oif, f.l2.dsa_port)
+                    - (PPPOE_HLEN if f.l2.pppoe_sid else 0))
         f.flags &= ~(maps.F_REPORTED | maps.F_TC_ONLY)
         if tc_only:
             f.flags |= maps.F_TC_ONLY
@@ -191,8 +196,10 @@ class Admission:
         egress = maps.decode_key(rec.egress).tuple
         ingress = rec.info.tuple
         vids = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]] + [0, 0]
+        port = f.l2.dsa_port
         key = maps.encode_key(f.oif, reverse(egress), vlan=(vids[0], vids[1]),
-                              pppoe_sid=f.l2.pppoe_sid, dsa_port=f.l2.dsa_port)
+                              pppoe_sid=f.l2.pppoe_sid,
+                              dsa_port=port if port == maps.NO_DSA_PORT else port & DSA_PORT_MASK)
         if key == rec.key or self._hooks(f.oif) == (None, False):
             return
         other = self.book.add(key)
@@ -297,10 +304,13 @@ class Admission:
             self.tables.unindex(rec.egress)
 
     def evict(self, key: bytes, why: str) -> None:
-        self.tables.delete(key)
         rec = self.book.get(key)
+        value = self.tables.lookup(key) if rec is not None else None
+        self.tables.delete(key)
         if rec is None:
             return
+        if value is not None:   # what was carried since the last sweep stays in the totals
+            rec.packets, rec.bytes = maps.FLOW_HEAD.unpack_from(value)[:2]
         self._unindex(rec)
         self.book.remove(key)
         log.debug("evict %s: %s", rec.info.tuple, why)

@@ -94,6 +94,8 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "uptime": round(time.monotonic() - d.started, 1),
         "interfaces": dict(d.loader.attachments),
         "hooks": _hooks(d),
+        "dsa": {"tag": d.dsa.tag, "conduits": [c.name for c in d.dsa.conduits],
+                "not_conduits": dict(d.dsa.notes)},
         # the fast path fails open past timeout_ms; pass_reasons.heartbeat counts such packets
         "heartbeat": {"age_ms": round(age_ms, 1), "timeout_ms": timeout_ms},
         "early_drop": d.policy is not None,
@@ -171,6 +173,8 @@ def _flow(d: Daemon, rec: FlowRecord, now_ns: int) -> dict[str, Any]:
         item["vlan"] = list(info.vlan)
     if info.pppoe_sid:
         item["pppoe_sid"] = info.pppoe_sid
+    if info.dsa_port != maps.NO_DSA_PORT:
+        item["dsa_port"] = info.dsa_port
     if rec.direction >= 0:
         item["direction"] = ("original", "reply")[rec.direction]
     if rec.egress is not None:
@@ -188,6 +192,8 @@ def _flow(d: Daemon, rec: FlowRecord, now_ns: int) -> dict[str, Any]:
             item["vlan_out"] = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]]
         if f.l2.pppoe_sid:
             item["pppoe_sid_out"] = f.l2.pppoe_sid
+        if f.l2.dsa_port != maps.NO_DSA_PORT:
+            item["dsa_port_out"] = f.l2.dsa_port
         xdp, _tc = d.loader.hooks(info.ifindex)
         item["hook"] = "tc" if f.flags & maps.F_TC_ONLY or not xdp else xdp
     if rec.last_seen_ns:

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
     run.add_argument("--pin-dir", default=config.PIN_DIR, help="bpffs directory for pins")
     run.add_argument("--object-dir", help="directory of ebpfw-le.o / ebpfw-be.o")
+    run.add_argument("--sysfs", metavar="DIR", default="/sys",
+                     help="where DSA switches are looked up (class/net/*/dsa/tagging)")
     run.add_argument("--fw4-model", metavar="FILE",
                      help="fw4's model as JSON (default: ask the ucode hook, on a router)")
     run.add_argument("--early-drop", action=argparse.BooleanOptionalAction, default=None,
@@ -150,7 +152,7 @@ def _run_with(args: argparse.Namespace, ubus: libubus.Connection | None) -> int:
 
     _setup_logging(settings.log_level, args.syslog)
     paths = Paths(object_dir=args.object_dir, pin_dir=args.pin_dir, control=args.control,
-                  config=args.config, fw4_model=args.fw4_model)
+                  config=args.config, fw4_model=args.fw4_model, sysfs=args.sysfs)
     # on SIGHUP the daemon re-reads the same source; config.Disabled from there means the
     # switch went off: the daemon stops (if it lets the exception out, it unwinds cleanly here)
     try:

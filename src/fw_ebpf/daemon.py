@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from fw_ebpf import api, config, fw4, libubus, maps, rtnl, ubus_api
+from fw_ebpf import api, conduit, config, fw4, libubus, maps, rtnl, ubus_api
 from fw_ebpf import conntrack as ctmod
 from fw_ebpf import links as lkmod
-from fw_ebpf.admission import Admission
+from fw_ebpf.admission import DSA_PORT_MASK, Admission
 from fw_ebpf.config import Disabled, Settings
 from fw_ebpf.conntrack import Conntrack, ConntrackEvents
 from fw_ebpf.control import DEFAULT_PATH, ControlServer
@@ -32,7 +32,7 @@ from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.fw4live import Fw4Keeper
 from fw_ebpf.libbpf import BpfMap, RingBuffer
 from fw_ebpf.links import Links, RtEvents
-from fw_ebpf.loader import Loader
+from fw_ebpf.loader import BYTE_ORDER, Loader, default_object_dir
 from fw_ebpf.maps import State
 from fw_ebpf.nftevents import NftEvents
 from fw_ebpf.policy import Facts, Policy
@@ -42,6 +42,8 @@ log = logging.getLogger("fw_ebpf.daemon")
 
 # fw4 includes these in its table; their rules are not in fw4's model
 NFT_INCLUDE_DIR = "/etc/nftables.d"
+# frames without their tag on the conduits before their user ports take over
+UNTAGGED_FALLBACK = 64
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Paths:
     control: str = DEFAULT_PATH
     config: str | None = None
     fw4_model: str | None = None    # fw4's model as JSON; None: ask the ucode hook if present
+    sysfs: str = conduit.SYSFS      # where DSA switches are discovered
 
 
 class Daemon:
@@ -68,6 +71,7 @@ class Daemon:
         self._ring_events: list[bytes] = []
         self._next_sweep = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
+        self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
         self.fw4 = Fw4Keeper(self._read_model, self._make_policy)
         self.policy: Policy | None = None
 
@@ -83,9 +87,10 @@ class Daemon:
             self.rt_events = stack.enter_context(RtEvents())
             self.nft_events = stack.enter_context(NftEvents())
             self.admission = Admission(self.book, self.tables, self.conntrack, self.links,
-                                       self.loader.hooks, lambda: self.policy, lambda: self._tx)
+                                       self.loader.hooks, lambda: self.policy, lambda: self._tx,
+                                       self._egress_mtu)
             self.upkeep = Upkeep(self.book, self.tables, self.admission, self.conntrack,
-                                 lambda: self.settings.idle_timeout, self._fw4_tick)
+                                 lambda: self.settings.idle_timeout, self._after_sweep)
             self.policy = self._load_policy()
             self._attach_interfaces()
             self.upkeep.take_stock({i: lk.fast_path_view for i, lk in self.links.links().items()},
@@ -124,8 +129,13 @@ class Daemon:
 
     def _start_fastpath(self, stack: contextlib.ExitStack) -> None:
         s = self.settings
+        self._untagged: tuple[str, ...] = ()   # conduits found delivering untagged frames
+        self._untagged_seen = 0
+        self.dsa = self._dsa_plan()
         self.loader = Loader(obj_dir=self.paths.object_dir, pin_dir=self.paths.pin_dir,
-                             flows_max=s.flows_max, config=maps.encode_config(s.heartbeat_timeout))
+                             flows_max=s.flows_max, dsa_tag=self.dsa.tag,
+                             config=maps.encode_config(
+                                 s.heartbeat_timeout, dsa_conduits=self.dsa.conduit_ifindexes))
         stack.callback(self.loader.close)
         self.loader.load()
         # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
@@ -134,16 +144,38 @@ class Daemon:
         self.tables = FlowTables(self.loader.map)
         self.stats_map: BpfMap = self.loader.map("ebpfw_stats")
         self.tx_map: BpfMap = self.loader.map("ebpfw_tx")
+        self.macs_map: BpfMap = self.loader.map(maps.MACS_MAP)
         self.tables.heartbeat()
 
     def _attach_interfaces(self) -> None:
         names = self._interface_names()
         if not names:
             raise RuntimeError("no interface to attach to (option 'interface')")
+        self._sync_macs()   # before the first frame could prove anything
         for ifname in names:
             log.info("%s: attached (%s)", ifname,
                      self.loader.attach(ifname, self.settings.mode_of(ifname)))
+        self._sync_devices()
+
+    def _sync_devices(self) -> None:
+        self._sync_macs()
         self._sync_tx()
+
+    def _sync_macs(self) -> None:
+        """ebpfw_macs holds every address of every device here: the sources the kernel
+        writes on what it routes."""
+        want = {lk.mac: lk.index for lk in self.links.links().values()
+                if len(lk.mac) == 6 and any(lk.mac)}
+        if len(want) > maps.MACS_MAX:
+            log.warning("%d MAC addresses here, ebpfw_macs holds %d: flows leaving from the "
+                        "others are not offloaded", len(want), maps.MACS_MAX)
+            want = dict(sorted(want.items(), key=lambda kv: kv[1])[:maps.MACS_MAX])
+        for mac in self._macs.keys() - want.keys():
+            self.macs_map.delete(mac)
+        for mac, index in want.items():
+            if self._macs.get(mac) != index:
+                self.macs_map.update(mac, struct.pack("=I", index))
+        self._macs = want
 
     def _sync_tx(self) -> None:
         """The XDP devmap holds the attached devices whose driver takes XDP frames."""
@@ -160,10 +192,76 @@ class Daemon:
         self._tx = want
 
     def _interface_names(self) -> list[str]:
+        return list(self.dsa.interfaces)
+
+    # -- DSA switches ---------------------------------------------------------------------------
+
+    def _dsa_plan(self, untagged: tuple[str, ...] = ()) -> conduit.Plan:
+        """Which object (the DSA tag of the conduits used) and which interfaces: `auto` puts
+        a conduit in place of its user ports where it can; named interfaces are taken as
+        named, a conduit among them with its tag."""
+        switches = conduit.discover(self.paths.sysfs)
+        has_object = conduit.object_exists(self.paths.object_dir or default_object_dir(),
+                                           BYTE_ORDER)
         wanted = list(self.settings.interfaces)
-        if wanted != ["auto"]:
-            return wanted
-        return lowest_devices()
+        if wanted == ["auto"]:
+            dsa = conduit.plan(lowest_devices(), switches, has_object, self._zone_devices(),
+                               untagged)
+        else:
+            named = {n: c for n, c in switches.items() if n in wanted}
+            dsa = conduit.plan([n for n in wanted if n not in named or n not in untagged],
+                               named, has_object, None, untagged)
+            dsa.interfaces = [n for n in wanted if n in dsa.interfaces or n not in switches]
+        for name, why in dsa.notes.items():
+            log.warning("%s: not attached as a DSA conduit: %s", name, why)
+        if dsa.conduits:
+            log.info("DSA: %s tag on %s", dsa.tag, ", ".join(c.name for c in dsa.conduits))
+        return dsa
+
+    def _zone_devices(self) -> dict[str, set[str]] | None:
+        """fw4 zones as their lowest devices (bridges by their ports), if fw4's model is there."""
+        try:
+            model = self._read_model()
+        except fw4.ModelError:
+            return None
+        with rtnl.Rtnl() as rt:
+            devices = [(lk.name, lk.index, lk.master) for lk in map(lkmod.link_from_msg,
+                                                                     rt.links())]
+        return conduit.zone_devices({z.name: z.match_devices for z in model.zones}, devices)
+
+    def _egress_mtu(self, oif: int, dsa_port: int) -> int:
+        """The L3 MTU of a flow's egress: a conduit's user port for the port its tag names."""
+        if dsa_port != maps.NO_DSA_PORT:
+            for c in self.dsa.conduits:
+                for port in c.ports if c.ifindex == oif else ():
+                    if port.port == dsa_port & DSA_PORT_MASK:
+                        return self.links.mtu(port.ifindex)
+        return self.links.mtu(oif)
+
+    def _check_untagged(self) -> None:
+        """A conduit whose frames come without their tag (MediaTek SoCs can take it off in
+        hardware) gives no source port: its user ports take over."""
+        seen = self.stats()[maps.Counter.PASS_DSA_UNTAGGED]
+        if not self.dsa.conduits or seen - self._untagged_seen < UNTAGGED_FALLBACK:
+            return
+        self._untagged_seen = seen
+        names = tuple(c.name for c in self.dsa.conduits)
+        log.warning("%s: %d frames without the %s tag; attaching to the user ports instead",
+                    ", ".join(names), seen, self.dsa.tag)
+        self._untagged += names
+        # the object loaded stays: on devices that are not its conduits it has no tag step
+        tag = self.dsa.tag
+        self.dsa = self._dsa_plan(self._untagged)
+        self.dsa.tag, self.dsa.conduits = tag, ()
+        for name in names:
+            if name in self.loader.attachments:
+                self.loader.detach(name)
+        for name in self.dsa.interfaces:
+            if name not in self.loader.attachments:
+                log.info("%s: attached (%s)", name,
+                         self.loader.attach(name, self.settings.mode_of(name)))
+        self._sync_devices()
+        self.upkeep.new_generation("DSA conduit delivers untagged frames")
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -252,7 +350,7 @@ class Daemon:
         self.links.invalidate()
         self.fw4.poke()     # netifd brings devices and addresses: a refused model may do now
         if any(ev.kind == "link" for ev in events) or why:
-            self._sync_tx()
+            self._sync_devices()
         if why:
             self.upkeep.new_generation(why)
 
@@ -283,6 +381,10 @@ class Daemon:
 
     def _make_policy(self, model: fw4.Model, facts: Facts) -> Policy:
         return Policy(model, self.links.is_local, self.links.out_device, facts)
+
+    def _after_sweep(self) -> None:
+        self._check_untagged()
+        self._fw4_tick()
 
     def _fw4_tick(self) -> None:
         """A model retry, or facts that moved (sets, marks): verdicts of the old policy go."""
@@ -349,6 +451,14 @@ class Daemon:
             log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
                         "restart")
         current = dict(self.loader.attachments)
+        fresh = self._dsa_plan(self._untagged)
+        if not fresh.conduits or (fresh.tag, fresh.conduit_ifindexes) == \
+                (self.dsa.tag, self.dsa.conduit_ifindexes):
+            fresh.tag = self.dsa.tag
+            self.dsa = fresh
+        else:   # the object's tag code and conduits are fixed at load
+            log.warning("reload: DSA conduits or tag changed (%s on %s): applies after a restart",
+                        fresh.tag, ", ".join(c.name for c in fresh.conduits) or "none")
         wanted = {name: new.mode_of(name) for name in self._interface_names()}
         for name, mode in current.items():
             if name not in wanted or (wanted[name] != "auto" and wanted[name] != mode):
@@ -357,7 +467,7 @@ class Daemon:
             if name not in self.loader.attachments:
                 log.info("%s: attached (%s)", name, self.loader.attach(name, mode))
         if self.loader.attachments != current:
-            self._sync_tx()
+            self._sync_devices()
             # hooks came or went: which one can carry a flow is decided again with its proof
             self.upkeep.new_generation("interfaces reattached")
         log.info("configuration reloaded")

@@ -55,8 +55,13 @@ def pending_size(flows_max: int) -> int:
     return max(1024, flows_max // 8)
 
 
-def object_name() -> str:
-    return "ebpfw-le.o" if sys.byteorder == "little" else "ebpfw-be.o"
+BYTE_ORDER = "le" if sys.byteorder == "little" else "be"
+
+
+def object_name(dsa_tag: str | None = None) -> str:
+    """The object for this host's byte order: with the tag code of a DSA tag protocol, or
+    without any (all of them share the maps, pins included)."""
+    return f"ebpfw-{dsa_tag}-{BYTE_ORDER}.o" if dsa_tag else f"ebpfw-{BYTE_ORDER}.o"
 
 
 def default_object_dir() -> str:
@@ -125,8 +130,9 @@ class _Attachment:
 class Loader:
     def __init__(self, obj_path: str | None = None, *, obj_dir: str | None = None,
                  pin_dir: str = PIN_DIR, flows_max: int | None = None,
-                 config: bytes | None = None) -> None:
-        self.obj_path = obj_path or os.path.join(obj_dir or default_object_dir(), object_name())
+                 config: bytes | None = None, dsa_tag: str | None = None) -> None:
+        self.obj_path = obj_path or os.path.join(obj_dir or default_object_dir(),
+                                                 object_name(dsa_tag))
         self.pin_dir = pin_dir
         self.flows_max = flows_max
         self.config = config  # .rodata.config contents, e.g. bytes(fw_ebpf.maps.Config(...))

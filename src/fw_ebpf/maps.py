@@ -22,9 +22,11 @@ PENDING_DEFAULT = 8192
 EGRESS_DEFAULT = 65536
 EVENTS_BYTES = 256 * 1024
 TX_MAX = 256
+MACS_MAX = 1024
 L3_IPV4 = 4
 L3_IPV6 = 6
 NO_DSA_PORT = 0xFF
+DSA_CONDUITS = 4
 
 F_NAT = 1 << 0
 F_CLOSING = 1 << 1
@@ -57,6 +59,7 @@ class Counter(enum.IntEnum):
     EVENT_SHED = enum.auto()
     PROVED = enum.auto()
     REPROVED = enum.auto()
+    NOT_OURS = enum.auto()
     REWRITE_ERROR = enum.auto()
     PASS_HEARTBEAT = enum.auto()
     PASS_MULTICAST = enum.auto()
@@ -82,6 +85,8 @@ class Counter(enum.IntEnum):
     PASS_L2_REWRITE = enum.auto()
     PASS_PROVING = enum.auto()
     PASS_STALE = enum.auto()
+    PASS_DSA_TAG = enum.auto()
+    PASS_DSA_UNTAGGED = enum.auto()
     MAX = enum.auto()
 
     @property
@@ -130,6 +135,13 @@ KEY4_LEN, KEY6_LEN = ctypes.sizeof(Key4), ctypes.sizeof(Key6)
 TABLES = {L3_IPV4: ("ebpfw_flows4", "ebpfw_pending4"), L3_IPV6: ("ebpfw_flows6", "ebpfw_pending6")}
 # The egress index of each family: the tuple a flow leaves with -> its key
 EGRESS_TABLES = {L3_IPV4: "ebpfw_egress4", L3_IPV6: "ebpfw_egress6"}
+# The router's own MAC addresses: only a frame from one of them proves a flow
+MACS_MAP = "ebpfw_macs"
+
+
+class Mac(ctypes.Structure):
+    _c_name_ = "ebpfw_mac"
+    _fields_ = [("addr", ctypes.c_uint8 * 6)]
 
 
 class L2(ctypes.Structure):
@@ -189,7 +201,8 @@ class Runtime(ctypes.Structure):
 class Config(ctypes.Structure):
     _c_name_ = "ebpfw_config"
     _fields_ = [("heartbeat_timeout_ns", ctypes.c_uint64), ("event_interval_ns", ctypes.c_uint64),
-                ("event_burst_ns", ctypes.c_uint64)]
+                ("event_burst_ns", ctypes.c_uint64),
+                ("dsa_conduits", ctypes.c_uint32 * DSA_CONDUITS)]
 
 
 class Stats(ctypes.Structure):
@@ -201,7 +214,7 @@ class Stats(ctypes.Structure):
 
 
 ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
-    Key4, Key6, Key, L2, Flow, Event, Runtime, Config, Stats)
+    Key4, Key6, Key, Mac, L2, Flow, Event, Runtime, Config, Stats)
 # NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
 EVENT_RATE = 256
 EVENT_BURST = 256
@@ -287,6 +300,7 @@ class L2Out:
     vlans: tuple[int, ...] = ()      # TCIs, outer first, at most two
     vlan_tpid: int = 0x8100          # protocol of the outer tag
     pppoe_sid: int | None = None
+    dsa_port: int = NO_DSA_PORT      # egress is a DSA conduit: the tag for this port
 
 
 def _mac(value: bytes | str) -> bytes:
@@ -317,8 +331,10 @@ def _nat(f: Flow, orig: Tuple, post: Tuple) -> None:
 def encode_l2(l2: L2Out) -> L2:
     if len(l2.vlans) > 2:
         raise ValueError("at most two VLAN tags")
+    if not 0 <= l2.dsa_port <= NO_DSA_PORT:
+        raise ValueError(f"DSA port {l2.dsa_port} is not a byte")
     out = L2(vlans=len(l2.vlans), vlan_tpid=_be16(l2.vlan_tpid) if l2.vlans else 0,
-             pppoe_sid=l2.pppoe_sid or 0, dsa_port=NO_DSA_PORT)
+             pppoe_sid=l2.pppoe_sid or 0, dsa_port=l2.dsa_port)
     for i, tci in enumerate(l2.vlans):
         out.vlan_tci[i] = tci
     out.dmac[:] = _mac(l2.dmac)
@@ -330,6 +346,8 @@ def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
                    tc_only: bool = False, last_seen_ns: int = 0, gen: int = 0) -> bytes:
     """A FORWARD value for packets matching orig, leaving as post (after NAT), in
     generation gen."""
+    if not 0 <= l2.dsa_port <= NO_DSA_PORT:
+        raise ValueError(f"DSA port {l2.dsa_port} is not a byte")
     f = Flow(state=State.FORWARD, oif=oif, mtu=mtu, l2=encode_l2(l2),
              last_seen_ns=last_seen_ns, gen=gen)
     if tc_only:
@@ -383,11 +401,17 @@ def split_event(raw: bytes) -> tuple[int, bytes]:
 
 
 def encode_config(heartbeat_timeout_s: float, event_rate: int = EVENT_RATE,
-                  event_burst: int = EVENT_BURST) -> bytes:
-    """.rodata.config; event_rate 0 sends every NEW event."""
+                  event_burst: int = EVENT_BURST, dsa_conduits: tuple[int, ...] = ()) -> bytes:
+    """.rodata.config; event_rate 0 sends every NEW event; dsa_conduits: the ifindexes whose
+    frames carry the object's DSA tag."""
+    if len(dsa_conduits) > DSA_CONDUITS:
+        raise ValueError(f"at most {DSA_CONDUITS} DSA conduits per object, not "
+                         f"{len(dsa_conduits)}")
     interval = 10**9 // event_rate if event_rate else 0
-    return bytes(Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9),
-                        event_interval_ns=interval, event_burst_ns=interval * event_burst))
+    cfg = Config(heartbeat_timeout_ns=int(heartbeat_timeout_s * 1e9),
+                 event_interval_ns=interval, event_burst_ns=interval * event_burst)
+    cfg.dsa_conduits[:len(dsa_conduits)] = dsa_conduits
+    return bytes(cfg)
 
 
 def encode_runtime(heartbeat_ns: int, gen: int = 0, proving: bool = False) -> bytes:

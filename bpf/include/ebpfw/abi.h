@@ -23,6 +23,10 @@
  * its generation is the runtime's: any change to the ruleset or to routing
  * starts a new one, and the flow passes until the egress program has seen
  * the kernel forward it again with the same L2 header (re-proved in place).
+ * Only a frame whose source MAC is in ebpfw_macs (the router's own addresses,
+ * key: struct ebpfw_mac) proves anything: the kernel writes its own address on
+ * what it routes, so a bridged frame, or one redirected before routing, with
+ * the same tuple is not mistaken for the kernel's.
  */
 #ifndef __EBPFW_ABI_H
 #define __EBPFW_ABI_H
@@ -34,12 +38,14 @@
 #define EBPFW_EVENTS_BYTES	(256 * 1024)
 #define EBPFW_TX_MAX		256	/* egress devices in ebpfw_tx */
 #define EBPFW_EGRESS_DEFAULT	65536	/* ebpfw_egress4/6 max_entries unless the loader sets them */
+#define EBPFW_MACS_MAX		1024	/* addresses in ebpfw_macs */
 
 /* struct ebpfw_event.l3proto */
 #define EBPFW_L3_IPV4		4
 #define EBPFW_L3_IPV6		6
 
 #define EBPFW_NO_DSA_PORT	0xff
+#define EBPFW_DSA_CONDUITS	4	/* DSA conduits one object parses tags on */
 
 /*
  * One direction of one connection as it enters the router: the hash keys of
@@ -92,6 +98,11 @@ struct ebpfw_l2 {
 	__u8 dsa_port;		/* egress DSA port (#12); EBPFW_NO_DSA_PORT = none */
 };
 
+/* Key of ebpfw_macs (value: the ifindex of a device with that address) */
+struct ebpfw_mac {
+	__u8 addr[6];
+};
+
 /* struct ebpfw_flow.state */
 enum ebpfw_state {
 	EBPFW_PENDING = 0,	/* seen by the fast path, daemon not decided yet */
@@ -115,6 +126,11 @@ enum ebpfw_state {
  * adds, no locked instruction: a flow's packets arrive on one RX queue, so
  * only packets of one flow handled on two CPUs at the same instant can lose
  * an increment (an under-count).
+ *
+ * l2.dsa_port set: oif is a DSA conduit and the frame gets the tag for that
+ * port (the port number, plus tag-specific bits documented in
+ * src/fw_ebpf/dsa.py), as the egress program read it from the tag the kernel
+ * wrote.
  */
 struct ebpfw_flow {
 	__u64 packets;		/* forwarded (FORWARD) or dropped (DROP) by the fast path */
@@ -170,6 +186,9 @@ struct ebpfw_config {
 	__u64 heartbeat_timeout_ns;	/* older heartbeat: every packet passes */
 	__u64 event_interval_ns;
 	__u64 event_burst_ns;
+	/* ifindexes of the DSA conduits whose frames carry the object's tag
+	 * (0 = unused); an untagged object ignores them */
+	__u32 dsa_conduits[EBPFW_DSA_CONDUITS];
 };
 
 /* Per-CPU counters in ebpfw_stats, indexed by this enum */
@@ -182,6 +201,8 @@ enum ebpfw_counter {
 	EBPFW_CNT_EVENT_SHED,		/* NEW event over the rate limit: the sweep adopts it */
 	EBPFW_CNT_PROVED,		/* egress: a flow's frame seen and reported to the daemon */
 	EBPFW_CNT_REPROVED,		/* egress: a flow of an old generation proved again in place */
+	EBPFW_CNT_NOT_OURS,		/* egress: a flow's frame the router did not write (bridged,
+					 * redirected before routing): proves nothing */
 	EBPFW_CNT_REWRITE_ERROR,	/* a helper failed mid-rewrite: dropped (out of memory) */
 	/* pass reasons */
 	EBPFW_PASS_HEARTBEAT,		/* daemon heartbeat stale: fail open */
@@ -208,6 +229,8 @@ enum ebpfw_counter {
 	EBPFW_PASS_L2_REWRITE,		/* this hook cannot do the L2 change */
 	EBPFW_PASS_PROVING,		/* waiting for the kernel to forward one of the flow's packets */
 	EBPFW_PASS_STALE,		/* of an old generation: waiting to be proved again */
+	EBPFW_PASS_DSA_TAG,		/* DSA tag not understood (garbled, trap, other switch) */
+	EBPFW_PASS_DSA_UNTAGGED,	/* conduit frame without its tag (stripped in hardware) */
 	EBPFW_CNT_MAX,
 };
 
