@@ -27,7 +27,7 @@ from typing import Any
 
 import common
 from common import GEN_CPU, ROUTER_CPU, in_netns, load, log, percpu_total, pin, \
-    proc_cpu_seconds, run_live, summary, threaded_napi
+    proc_cpu_seconds, run_live, runtime_ns, summary, threaded_napi
 from forwarding import udp_frame
 from fw_ebpf import control, maps
 from lab import ROUTER_WAN4, ROUTER_WAN6, SERVER4, SERVER6, Lab
@@ -39,7 +39,8 @@ MODES = ("xdp", "tc")
 ROUNDS = int(os.environ.get("EBPFW_FLOOD_ROUNDS", "3"))
 RATE = 100_000               # new tuples per second offered
 FLOOD_S, PRE_S, POST_S = 30.0, 3.0, 5.0
-SLACK_NS = 1_000_000         # catch-up after a pause: 100 frames at RATE (the veth ring: 256)
+# after a pause the generator catches up on at most SLACK_NS of frames at CATCH_UP x RATE
+SLACK_NS, CATCH_UP = 50_000_000, 1.5
 FLOWS = (("tcp", SERVER4), ("tcp", SERVER6), ("udp", SERVER4), ("udp", SERVER6)) * 2
 INTERVAL = 0.01              # between a flow's messages
 STALL_SPAN = 3               # seconds in which an established flow's counters must rise
@@ -74,7 +75,9 @@ class Generator:
 
     def start(self) -> None:
         """Floods until stop(): one long test run (flood.c paces itself)."""
-        self.pace.update(bytes(4), struct.pack("=QQQ", 10**9 // RATE, SLACK_NS, 0))
+        interval = 10**9 // RATE
+        self.pace.update(bytes(4), struct.pack("=QQQQQ", interval, int(interval / CATCH_UP),
+                                               SLACK_NS, 0, 0))
         self.pid = os.fork()
         if self.pid == 0:
             try:
@@ -201,6 +204,7 @@ def _window(lab: Lab, gen: Generator, tables: PinnedTables, pid: int, flood: boo
         t0 = time.monotonic()
         samples = [_sample(lab, pid, tables, gen, t0, keys)]
         start = end = 0
+        gen_cpu_s = 0.0
         while samples[-1]["t"] < PRE_S + FLOOD_S + POST_S:
             if not start and samples[-1]["t"] >= PRE_S:
                 start = len(samples) - 1
@@ -208,6 +212,7 @@ def _window(lab: Lab, gen: Generator, tables: PinnedTables, pid: int, flood: boo
                     gen.start()
             if start and not end and samples[-1]["t"] >= PRE_S + FLOOD_S:
                 end = len(samples) - 1
+                gen_cpu_s = runtime_ns([gen.pid]) / 1e9 if gen.pid else 0.0
                 gen.stop()
             time.sleep(max(0.0, t0 + len(samples) - time.monotonic()))   # one a second
             samples.append(_sample(lab, pid, tables, gen, t0, keys))
@@ -218,7 +223,8 @@ def _window(lab: Lab, gen: Generator, tables: PinnedTables, pid: int, flood: boo
         results = [json.loads(proc.communicate(timeout=60)[0]) for proc in clients]
     finally:
         gen.stop()
-    return {**_summarise_window(samples, start, end, keys, results), "veth_drops": drops}
+    out = _summarise_window(samples, start, end, keys, results)
+    return {**out, "veth_drops": drops, "generator_cpu": gen_cpu_s / out["seconds"]}
 
 
 def _delta(samples: list[dict[str, Any]], a: int, b: int, counter: str) -> int:
@@ -305,7 +311,8 @@ def run() -> dict[str, Any]:
         rs = [r for r in rounds if r["mode"] == mode]
         by_mode[mode] = {
             m: summary([r[m] for r in rs]) for m in (
-                "offered_per_s", "arrived_per_s", "arrived_min_1s", "shed", "lost_events",
+                "offered_per_s", "arrived_per_s", "arrived_min_1s", "generator_cpu", "shed",
+                "lost_events",
                 "heartbeat_passes", "daemon_cpu", "rss_peak_kb", "pending_max", "decided_max",
                 "status_unanswered")}
         for window, pick in (("flood", lambda r: r), ("control", lambda r: r["control"])):
@@ -315,7 +322,7 @@ def run() -> dict[str, Any]:
                 "quiet_seconds": sum(pick(r)["survival"]["quiet_seconds"] for r in rs),
                 "clients": {k: sum(pick(r)["clients"][k] for r in rs)
                             for k in ("sent", "received", "lost", "corrupt")}}
-    return {"rate": RATE, "flood_s": FLOOD_S, "flows": len(FLOWS), "interval": INTERVAL,
+    return {"rate": RATE, "flood_s": FLOOD_S, "slack_ms": SLACK_NS / 1e6, "catch_up": CATCH_UP, "flows": len(FLOWS), "interval": INTERVAL,
             "rounds_n": ROUNDS, "by_mode": by_mode, "rounds": rounds,
             "placement": {"generator": GEN_CPU, "router eth1 NAPI thread": ROUTER_CPU,
                           "daemon": "unpinned"},

@@ -12,8 +12,9 @@
  * Paced in the kernel: a test run costs ~30 ms of set-up here, so the generator
  * is one long run and sends a frame only when flood_pace says one is due, else
  * drops it (recycled at once). After a pause (the generator's CPU taken by
- * something else) it catches up by at most slack_ns worth of frames: a longer
- * burst would overflow the receiving veth's ring of 256 frames.
+ * something else) it catches up on at most slack_ns worth of frames, and no
+ * faster than one per burst_ns: a burst at full speed would overflow the
+ * receiving veth's ring of 256 frames.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -46,9 +47,11 @@ struct {
 } flood_count SEC(".maps");
 
 struct flood_pace {
-	__u64 interval_ns;	/* between two frames */
-	__u64 slack_ns;		/* the longest catch-up */
+	__u64 interval_ns;	/* between two frames at the rate */
+	__u64 burst_ns;		/* between two frames while catching up */
+	__u64 slack_ns;		/* the longest backlog caught up on */
 	__u64 next_ns;		/* when the next frame is due (0: now) */
+	__u64 last_ns;		/* when the last frame went */
 };
 
 /* one generator CPU at a time: no atomics needed */
@@ -63,11 +66,12 @@ static __always_inline int due(struct flood_pace *p)
 {
 	__u64 now = bpf_ktime_get_ns();
 
-	if (now < p->next_ns)
+	if (now < p->next_ns || now - p->last_ns < p->burst_ns)
 		return 0;
 	if (now - p->next_ns > p->slack_ns)
 		p->next_ns = now - p->slack_ns;
 	p->next_ns += p->interval_ns;
+	p->last_ns = now;
 	return 1;
 }
 
