@@ -62,7 +62,7 @@ define compile_bpf
 	rm -f $(2).bc $(2).opt $(2).S
 endef
 
-.PHONY: all deps bpf test demo bench clean
+.PHONY: all deps bpf test demo bench soak clean
 all: bpf
 
 deps: $(DEPS_STAMP)
@@ -103,10 +103,19 @@ test: deps bpf
 demo: deps bpf
 	$(PY) tests/demo.py
 
-# Benchmarks (issue #5): JSON + plots in bench/results/, docs/BENCHMARKS.md; about 15 minutes
+# Benchmarks (issue #5): JSON + plots in bench/results/, docs/BENCHMARKS.md; about 35 minutes
 bench: deps bpf
 	$(PY) -m pip install -q -e '.[bench,test]'
 	$(PY) bench/run.py
+
+# The soak alone with more rounds than `make bench` has, then the long fuzz budget (issue #10);
+# about an hour
+SOAK_ROUNDS ?= 40
+SOAK_CONNECTIONS ?= 5000
+soak: deps bpf
+	$(PY) -m pip install -q -e '.[bench,test]'
+	EBPFW_SOAK_ROUNDS=$(SOAK_ROUNDS) EBPFW_SOAK_CONNECTIONS=$(SOAK_CONNECTIONS) \
+		$(PY) bench/run.py soak fuzz
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0-only
 """`make bench`: every benchmark, its JSON in bench/results/, then plots and docs/BENCHMARKS.md.
 
-    python bench/run.py                     # all but fuzz (about 17 minutes)
+    python bench/run.py                     # all but fuzz (about 35 minutes)
     python bench/run.py perpacket control   # some; the others' earlier JSON stays
     python bench/run.py fuzz                # the long fuzz budget (bench/fuzz.py), on demand
+    EBPFW_SOAK_ROUNDS=40 python bench/run.py soak fuzz   # `make soak`: a longer soak
     python bench/run.py --report            # only regenerate plots and the Markdown
 """
 from __future__ import annotations
@@ -24,9 +25,11 @@ import common  # noqa: E402
 import control  # noqa: E402
 import forwarding  # noqa: E402
 import netlink_cost  # noqa: E402
+import flood  # noqa: E402
 import fuzz  # noqa: E402
 import perpacket  # noqa: E402
 import report  # noqa: E402
+import soak  # noqa: E402
 import throughput  # noqa: E402
 
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -35,6 +38,8 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "control": control.run,
     "throughput": throughput.run,
     "netlink": netlink_cost.run,
+    "soak": soak.run,
+    "flood": flood.run,
     "fuzz": fuzz.run,
 }
 

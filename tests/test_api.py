@@ -7,6 +7,9 @@ import ipaddress
 import json
 import os
 import random
+import shutil
+import subprocess
+import tempfile
 import threading
 from types import SimpleNamespace
 
@@ -157,3 +160,56 @@ def test_control_socket_carries_errors_and_pages(tmp_path):
     with pytest.raises(control.ControlError, match="not running"):
         control.call(path, "status")
     assert not os.path.exists(path)
+
+
+# the system's interpreter: the venv's may sit where another user cannot enter
+PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+CONNECT_AS_NOBODY = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("refused")
+else:
+    print("connected")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: runs a client as another user")
+@pytest.mark.skipif(PYTHON is None, reason="no python3 in /usr/bin or /bin for the other user")
+def test_control_socket_is_root_only_whatever_the_umask(monkeypatch: pytest.MonkeyPatch):
+    """Mode 0600 and owned by root from the moment the path exists: a user who is not root
+    cannot connect, even with umask 0 and a directory anyone can enter."""
+    run_dir = tempfile.mkdtemp(dir="/run", prefix="ebpfw-ctl-")
+    os.chmod(run_dir, 0o755)
+    path = os.path.join(run_dir, "ebpfw.sock")
+    chmod = os.chmod
+
+    def watched_chmod(target: str, mode: int) -> None:
+        # whatever is at the path clients use is never wider than 0600, not even for a moment
+        if os.path.exists(path):
+            assert os.stat(path).st_mode & 0o777 == 0o600
+        chmod(target, mode)
+
+    monkeypatch.setattr(control.os, "chmod", watched_chmod)
+    umask = os.umask(0)
+    try:
+        server = control.ControlServer(path, _api(_book(3)).call)
+        server.close()
+        server = control.ControlServer(path, _api(_book(3)).call)   # over a leftover path
+    finally:
+        os.umask(umask)
+    try:
+        st = os.stat(path)
+        assert st.st_mode & 0o777 == 0o600 and st.st_uid == 0
+        assert os.listdir(run_dir) == ["ebpfw.sock"]
+        nobody = subprocess.run([PYTHON, "-c", CONNECT_AS_NOBODY, path], user=65534,
+                                group=65534, capture_output=True, text=True, timeout=30)
+        assert nobody.stdout.strip() == "refused", nobody
+        root = subprocess.run([PYTHON, "-c", CONNECT_AS_NOBODY, path],
+                              capture_output=True, text=True, timeout=30)
+        assert root.stdout.strip() == "connected", root
+    finally:
+        server.close()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -23,11 +23,12 @@ import pytest
 from conftest import requires_root
 from fw_ebpf import control
 from lab import CLIENT4, SERVER4, Lab
+from luci_harness import ACL_DIR
 from openwrt import (SKIP_REASON, PortTaken, Session, prefix, router_sh, status_of,
                      wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
-ACL = ROOT / "files/usr/share/rpcd/acl.d/luci-app-ebpfw.json"
+ACL = ACL_DIR / "luci-app-ebpfw.json"      # the one the LuCI app ships
 ALT_SOCKET = "/var/run/ebpfw-test/ubus.sock"
 
 pytestmark = [

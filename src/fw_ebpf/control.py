@@ -29,11 +29,21 @@ class ControlServer:
     def __init__(self, path: str, call: Call) -> None:
         self.path = path
         self.call = call
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        os.chmod(path, 0o600)
+        # root-only from the first moment clients can find it: made 0600 under another name,
+        # then renamed over the path (bind alone leaves the mode to the umask)
+        fresh = f"{path}.{os.getpid()}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh)
+        try:
+            self.sock.bind(fresh)
+            os.chmod(fresh, 0o600)
+            os.rename(fresh, path)
+        except OSError:
+            self.sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fresh)
+            raise
         self.sock.listen(16)
         self.sock.setblocking(False)
 
