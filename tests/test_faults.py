@@ -5,8 +5,10 @@ libbpf, XDP on the device). Each ends in working connections, or in one clear li
 attached; the firewall is never touched."""
 from __future__ import annotations
 
+import ipaddress
 import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +17,8 @@ import pytest
 
 from conftest import requires_root
 from e2e import OFFLOAD_WAIT, attached, finish, flows_of, gated_flow, wait_offloaded
+from fw_ebpf import maps
+from fw_ebpf.libbpf import open_pinned_map
 from lab import ALT_GATEWAY6, EBPFW, GATEWAY4, ROOT, SERVER6, Lab, ruleset_path
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
@@ -112,6 +116,35 @@ def test_conntrack_flush_evicts_everything_and_live_flows_come_back(lab: Lab):
     lab.open_gate("go")
     for proc in procs:
         assert finish(proc)["corrupt"] == 0
+
+
+@requires_root
+def test_full_egress_index_leaves_new_flows_to_the_stack(lab: Lab):
+    """The egress index is as large as the flow table, and a burst can fill it before the
+    sweep catches up: a new flow then stays with the stack, with the reason; flows already
+    offloaded stay offloaded and the daemon carries on."""
+    lab.start_daemon("--flows-max", "1024")
+    old = gated_flow(lab, "udp", 45500, count=50)
+    wait_offloaded(lab, 45500)
+    junk = 0
+    with open_pinned_map(f"{lab.pin_dir}/{maps.EGRESS_TABLES[maps.L3_IPV4]}") as index:
+        with pytest.raises(OSError):
+            while junk <= index.max_entries:
+                t = maps.Tuple(socket.IPPROTO_UDP, ipaddress.ip_address("198.18.0.1"),
+                               ipaddress.ip_address(0xC6130000 + junk), 1, 1)
+                index.update(maps.tuple_id(t), bytes(maps.KEY6_LEN))
+                junk += 1
+    assert 0 < junk <= 1024
+    new = gated_flow(lab, "udp", 45501, count=50)
+    passed = lab.wait_for(lambda: [f for f in flows_of(lab, 45501, state="pass")
+                                   if "egress index full" in f["reason"]],
+                          what="the new flow left to the stack", timeout=OFFLOAD_WAIT)
+    assert passed and lab.ctl_ok()
+    assert len(flows_of(lab, 45500)) == 2
+    lab.open_gate("go")
+    for proc in (old, new):
+        result = finish(proc)
+        assert result["received"] == result["sent"] > 50 and result["corrupt"] == 0
 
 
 # -- a host that lacks what the fast path needs: one line, nothing attached, firewall as it was

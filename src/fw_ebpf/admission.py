@@ -180,8 +180,12 @@ class Admission:
             self.write_verdict(rec, State.PASS, "this direction of the connection already "
                                f"enters by {self.links.name(other.info.ifindex)}")
             return False
+        try:
+            self.tables.index(out, rec.key)
+        except OSError as e:    # as large as the flow table, which a burst can outrun
+            self.write_verdict(rec, State.PASS, f"egress index full ({e.strerror})")
+            return False
         self.tables.update(rec.key, maps.encode_proving(ingress, egress))
-        self.tables.index(out, rec.key)
         self.book.bind(rec, conn, direction, out)
         rec.state, rec.reason, rec.since = State.PROVING, PROVING_REASON, time.monotonic()
         self.tables.set_proving(True)
