@@ -14,7 +14,6 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -169,8 +168,8 @@ def ubus_env() -> dict[str, str]:
 
 
 def book_api(n: int) -> api.Api:
-    from test_api import _book   # flow records with the widest texts a flow has
-    return api.Api(SimpleNamespace(book=_book(n)))   # type: ignore[arg-type]
+    from test_api import _api, _book   # flow records with the widest texts a flow has
+    return _api(_book(n))
 
 
 @requires_openwrt
