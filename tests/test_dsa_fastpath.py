@@ -27,7 +27,24 @@ TAGS = list(ORACLES)
 IN_FRONT = [t for t in TAGS if ORACLES[t].position != TAIL]
 
 
-@pytest.fixture(scope="module", params=TAGS)
+
+
+def every_tag(marked: object) -> object:
+    """For a test that applies to tail tags as well (the default: tags the objects parse)."""
+    return pytest.mark.tags(lambda _tag: True)(marked)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test runs for the tags it applies to: its `tags` mark's predicate, or the tags the
+    objects parse (tail tags pass to the stack: test_tail_tag_frames_pass)."""
+    if "tag" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("tags")
+        applies = mark.args[0] if mark else (lambda t: t in IN_FRONT)
+        metafunc.parametrize("tag", [t for t in TAGS if applies(t)], indirect=True,
+                             scope="module")
+
+
+@pytest.fixture(scope="module")
 def tag(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -103,8 +120,6 @@ def ports(n: int) -> list[int]:
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_rx_tag_from_every_port_keys_the_flow_by_source_port(conduit: FastPath, tag: str,
                                                              hook: Hook):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(4, "udp")
     for port in ports(ORACLES[tag].rx_ports):
         data = rx_frame(tag, port, L2_IN["untagged"], t)
@@ -114,6 +129,7 @@ def test_rx_tag_from_every_port_keys_the_flow_by_source_port(conduit: FastPath, 
         conduit.reset()
 
 
+@every_tag
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_frames_on_other_devices_have_no_tag_step(other: FastPath, tag: str, hook: Hook):
     t = flow_tuple(6, "tcp")
@@ -133,8 +149,6 @@ FAMILIES_L4 = list(itertools.product((4, 6), ("tcp", "udp")))
 def test_forward_from_conduit_to_other_device_strips_the_tag(conduit: FastPath, tag: str,
                                                              hook: Hook, family: int, l4: str,
                                                              l2_out: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(family, l4)
     post = nat_tuple(t, "both")
     key = install(conduit, t, post, L2_IN["untagged"], L2_OUT[l2_out], in_port=3)
@@ -152,8 +166,6 @@ def test_forward_from_conduit_to_other_device_strips_the_tag(conduit: FastPath, 
 def test_forward_between_ports_of_the_switch_retags(conduit: FastPath, tag: str, hook: Hook,
                                                     family: int, l4: str, l2_in: str,
                                                     l2_out: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(family, l4)
     post = nat_tuple(t, "snat")
     out_port = ORACLES[tag].tx_ports - 1
@@ -170,8 +182,6 @@ def test_forward_between_ports_of_the_switch_retags(conduit: FastPath, tag: str,
 def test_forward_from_other_device_into_every_port_pushes_the_tag(other: FastPath, tag: str,
                                                                   hook: Hook, l2_in: str,
                                                                   l2_out: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(4, "tcp")
     post = nat_tuple(t, "dnat")
     for port in ports(ORACLES[tag].tx_ports):
@@ -185,8 +195,6 @@ def test_forward_from_other_device_into_every_port_pushes_the_tag(other: FastPat
 @pytest.mark.parametrize("family", (4, 6))
 def test_short_frames_are_padded_before_the_tag_as_the_kernel_does(other: FastPath, tag: str,
                                                                    hook: Hook, family: int):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(family, "tcp")
     post = nat_tuple(t, "snat")
     install(other, t, post, L2_IN["untagged"], L2_OUT["untagged"], out_port=2)
@@ -197,8 +205,6 @@ def test_short_frames_are_padded_before_the_tag_as_the_kernel_does(other: FastPa
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_flow_into_a_port_the_tag_cannot_address_passes(other: FastPath, tag: str, hook: Hook):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(4, "udp")
     install(other, t, nat_tuple(t, "snat"), L2_IN["untagged"], L2_OUT["untagged"],
             out_port=ORACLES[tag].tx_ports if tag not in ("dsa", "edsa") else 0x40)
@@ -209,8 +215,6 @@ def test_flow_into_a_port_the_tag_cannot_address_passes(other: FastPath, tag: st
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_truncated_tagged_frames_pass_unchanged(conduit: FastPath, tag: str, hook: Hook):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(4, "tcp")
     key = install(conduit, t, nat_tuple(t, "both"), L2_IN["vlan"], L2_OUT["untagged"],
                   in_port=2)
@@ -222,13 +226,10 @@ def test_truncated_tagged_frames_pass_unchanged(conduit: FastPath, tag: str, hoo
     assert maps.decode_flow(conduit.flows.lookup(key)).packets == 0
 
 
+@pytest.mark.tags(lambda t: t in IN_FRONT and bool(ORACLES[t].garbled_rx))  # others: no field
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_garbled_tags_pass_unchanged(conduit: FastPath, tag: str, hook: Hook):
     o = ORACLES[tag]
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
-    if not o.garbled_rx:
-        pytest.skip(f"{tag}: the kernel accepts every RX tag (no field to check)")
     t = flow_tuple(4, "udp")
     for bad in o.garbled_rx:
         data = tag_frame(tag, frame(L2_IN["untagged"], t), bad)
@@ -240,8 +241,6 @@ def test_garbled_tags_pass_unchanged(conduit: FastPath, tag: str, hook: Hook):
 @pytest.mark.parametrize("family", (4, 6))
 def test_untagged_frames_on_a_conduit_pass_and_are_counted(conduit: FastPath, tag: str,
                                                            hook: Hook, family: int):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     t = flow_tuple(family, "tcp")
     assert_passed(conduit, hook, frame(L2_IN["untagged"], t), maps.Counter.PASS_DSA_UNTAGGED)
 
@@ -274,8 +273,6 @@ def parse(obj: BpfObject, direction: str, data: bytes) -> ParseOut:
 
 
 def test_tx_parse_reads_the_destination_port_of_every_port(parser: BpfObject, tag: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     post = nat_tuple(flow_tuple(4, "udp"), "snat")
     for port in ports(ORACLES[tag].tx_ports):
         out = parse(parser, "tx", tx_frame(tag, port, L2_OUT["untagged"], post))
@@ -287,8 +284,6 @@ def test_tx_parse_reads_the_destination_port_of_every_port(parser: BpfObject, ta
 @pytest.mark.parametrize("l2_out", ["vlan", "qinq"])
 def test_tx_parse_reads_vlan_tags_beside_or_inside_the_tag(parser: BpfObject, tag: str,
                                                           l2_out: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     out_l2 = L2_OUT[l2_out]
     post = nat_tuple(flow_tuple(6, "tcp"), "snat")
     out = parse(parser, "tx", tx_frame(tag, 1, out_l2, post))
@@ -298,25 +293,19 @@ def test_tx_parse_reads_vlan_tags_beside_or_inside_the_tag(parser: BpfObject, ta
 
 
 def test_tx_parse_of_garbled_tags_fails(parser: BpfObject, tag: str):
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
     plain = forwarded_frame(L2_OUT["untagged"], nat_tuple(flow_tuple(4, "udp"), "snat"))
     for bad in ORACLES[tag].garbled_tx:
         out = parse(parser, "tx", tag_frame(tag, plain, bad))
         assert out.ret == maps.Counter.PASS_DSA_TAG, bad.hex()
 
 
+@pytest.mark.tags(lambda t: t in IN_FRONT and ORACLES[t].rx(1) != ORACLES[t].tx(1))
 def test_rx_and_tx_formats_differ_where_the_kernel_says(parser: BpfObject, tag: str):
     """An RX tag read as TX (and back) fails where the formats differ (gswip 8 / 4 bytes,
     qca's FROM_CPU bit, brcm's opcodes, ...)."""
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
-    o = ORACLES[tag]
     t = flow_tuple(4, "udp")
     rx = rx_frame(tag, 1, L2_IN["untagged"], t)
     assert parse(parser, "rx", rx).dsa_port == 1
-    if o.rx(1) == o.tx(1):
-        pytest.skip(f"{tag}: RX and TX tags of port 1 are the same bytes")
     assert parse(parser, "tx", rx).ret != 0 or parse(parser, "tx", rx).dsa_port != 1
 
 
@@ -334,10 +323,12 @@ def _untagged(tag: str, data: bytes, l2_out: L2) -> bytes:
 
 # ---- the rendered headers and the objects agree with the table ------------------------------
 
+@every_tag
 def test_rendered_headers_are_the_templates_output(bpf_build: Path, tag: str):
     assert (bpf_build / "dsa" / f"dsa-{tag}.h").read_text() == dsa.render(dsa.TAGS[tag])
 
 
+@every_tag
 def test_rendered_header_says_what_the_table_says(bpf_build: Path, tag: str, tmp_path: Path):
     t = dsa.TAGS[tag]
     names = ["DSA_RX_LEN", "DSA_TX_LEN", "DSA_PORTS", "DSA_PAD_TO", "DSA_ETHERTYPE"]
@@ -365,6 +356,7 @@ def _header_defines(path: Path) -> str:
 HOST_ENDIAN = "le" if struct.pack("=H", 1)[0] else "be"
 
 
+@every_tag
 @pytest.mark.parametrize("endian", ["le", "be"])
 def test_objects_of_both_byte_orders_are_built_for_them(bpf_build: Path, tag: str, endian: str):
     data = (bpf_build / f"ebpfw-{tag}-{endian}.o").read_bytes()
@@ -372,16 +364,11 @@ def test_objects_of_both_byte_orders_are_built_for_them(bpf_build: Path, tag: st
     assert struct.unpack_from("<H" if endian == "le" else ">H", data, 18)[0] == 247   # EM_BPF
 
 
-@pytest.mark.parametrize("endian", ["le", "be"])
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
-def test_object_of_each_byte_order_forwards_where_the_host_loads_it(bpf_build: Path, tag: str,
-                                                                    endian: str, hook: Hook):
-    if endian != HOST_ENDIAN:
-        pytest.skip(f"this host is {HOST_ENDIAN}: the kernel loads BPF objects of its own byte "
-                    "order only")
-    if tag not in IN_FRONT:
-        pytest.skip("tail tags are not parsed (see test_tail_tag_frames_pass)")
-    fp = _load(bpf_build / f"ebpfw-{tag}-{endian}.o", True)
+def test_object_of_the_hosts_byte_order_forwards(bpf_build: Path, tag: str, hook: Hook):
+    """The kernel loads objects of its own byte order only; the other's is checked for what
+    it holds (test_object_names_its_tag)."""
+    fp = _load(bpf_build / f"ebpfw-{tag}-{HOST_ENDIAN}.o", True)
     try:
         t = flow_tuple(6, "udp")
         post = nat_tuple(t, "both")
@@ -394,6 +381,7 @@ def test_object_of_each_byte_order_forwards_where_the_host_loads_it(bpf_build: P
         fp.obj.close()
 
 
+@every_tag
 @pytest.mark.parametrize("endian", ["le", "be"])
 def test_object_names_its_tag(bpf_build: Path, tag: str, endian: str, tmp_path: Path):
     import subprocess
@@ -403,11 +391,10 @@ def test_object_names_its_tag(bpf_build: Path, tag: str, endian: str, tmp_path: 
     assert out.read_bytes().rstrip(b"\0") == tag.encode()
 
 
+@pytest.mark.tags(lambda t: t not in IN_FRONT)
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)
 def test_tail_tag_frames_pass(objects: dict[str, FastPath], tag: str, hook: Hook):
     """Tail tags are not parsed yet: their frames stay with the stack, both ways."""
-    if tag in IN_FRONT:
-        pytest.skip(f"{tag} is parsed (the tests above)")
     conduit, other = objects["conduit"], objects["other"]
     conduit.reset()
     other.reset()
