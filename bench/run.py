@@ -29,6 +29,7 @@ import flood  # noqa: E402
 import fuzz  # noqa: E402
 import perpacket  # noqa: E402
 import report  # noqa: E402
+import revocation  # noqa: E402
 import soak  # noqa: E402
 import throughput  # noqa: E402
 
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
     "control": control.run,
     "throughput": throughput.run,
     "netlink": netlink_cost.run,
+    "revocation": revocation.run,
     "soak": soak.run,
     "flood": flood.run,
     "fuzz": fuzz.run,

@@ -7,76 +7,29 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
-import sys
-import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ppp import PPPoE
 from scapy.utils import rdpcap
 
+import revoke
 import wire
 from conftest import requires_root
 from e2e import OFFLOAD_WAIT, conntrack_entry, finish, flows_of, gated_flow, wait_offloaded
 from fastpath import checksums_verify
 from lab import (ALT_GATEWAY4, CLIENT4, GATEWAY4, GATEWAY6, ROUTER_WAN4, ROUTER_WAN6, SERVER4,
-                 TRAFFIC, Lab, ruleset_path)
+                 Lab, ruleset_path)
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
 # Generous for a loaded CI machine: the daemon reacts to the ruleset event within
-# milliseconds; `make bench` reports the real delay.
+# milliseconds; `make bench` reports the real delay (bench/revoke.py)
 STOPPED_WITHIN = 1.0
-PORT = 6000
+assert STOPPED_WITHIN < revoke.WATCH_S
 
-RULES = {
-    "fw4": "nft insert rule inet fw4 forward udp dport 6000 counter drop",
-    "user table": "nft -f -",      # a table of the user's, fed on stdin below
-    "iptables-nft": "iptables-nft -I FORWARD -p udp --dport 6000 -j DROP",
-}
-USER_TABLE = """table inet user {
-    chain forward {
-        type filter hook forward priority filter - 5; policy accept;
-        udp dport 6000 counter drop
-    }
-}
-"""
-
-
-def start_sink(lab: Lab) -> subprocess.Popen:
-    proc = lab.spawn(lab.server, sys.executable, str(TRAFFIC), "sink", "--port", str(PORT),
-                     "--until", lab.gate("sink"), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
-
-
-def arrivals(lab: Lab, sink: subprocess.Popen) -> list[float]:
-    lab.open_gate("sink")
-    out, _ = sink.communicate(timeout=60)
-    return [t for t, _seq in json.loads(out)["arrivals"]]
-
-
-def insert_rule(lab: Lab, where: str) -> float:
-    """The drop rule, and when it was in the kernel for sure (the command returned)."""
-    cmd = ["ip", "netns", "exec", lab.router, *RULES[where].split()]
-    subprocess.run(cmd, input=USER_TABLE if where == "user table" else None, text=True,
-                   check=True, capture_output=True)
-    return time.monotonic()
-
-
-def delete_connection(lab: Lab) -> None:
-    lab.sh(lab.router, f"conntrack -D -p udp --dport {PORT}", check=False)
-
-
-def offloaded(lab: Lab) -> list[dict]:
-    return lab.wait_for(lambda: flows_of(lab, PORT), what="the stream offloaded",
-                        timeout=OFFLOAD_WAIT)
-
-
-CASES = [(mode, order, where) for mode in ("xdp", "tc")
-         for order in ("delete, then rule", "rule, then delete", "together")
+CASES = [(mode, order, where) for mode in ("xdp", "tc") for order in revoke.ORDERS
          for where in ("fw4", "user table")] + \
         [(mode, "rule, then delete", "iptables-nft") for mode in ("xdp", "tc")]
 
@@ -84,41 +37,13 @@ CASES = [(mode, order, where) for mode in ("xdp", "tc")
 @pytest.mark.parametrize("mode,order,where", CASES)
 def test_a_rule_outside_fw4s_model_stops_offloaded_flows_at_once(lab: Lab, mode: str,
                                                                  order: str, where: str):
-    if where == "iptables-nft" and shutil.which("iptables-nft") is None:
+    if where == "iptables-nft" and not revoke.have_iptables_nft():
         pytest.skip("iptables-nft is not installed (Debian package iptables)")
-    sink = start_sink(lab)
-    lab.start_daemon(mode=mode)
-    sender = gated_flow(lab, "udp", 46000, host=SERVER4, port=PORT, oneway=1, interval=0.002)
-    offloaded(lab)
-    # old enough that a record made after the delete is told apart by its age
-    before = lab.wait_for(lambda: [f for f in flows_of(lab, PORT) if f["age_s"] >= 0.5],
-                          what="the offloaded stream half a second old", timeout=OFFLOAD_WAIT)
-    born = time.monotonic() - before[0]["age_s"]
-    if order == "delete, then rule":
-        # the connection comes back at once (a packet makes it again) and is proved again
-        # before the rule: the case that was forwarded for seconds after the rule
-        delete_connection(lab)
-        lab.wait_for(lambda: any(time.monotonic() - f["age_s"] > born + 0.25
-                                 for f in flows_of(lab, PORT)),
-                     what="the stream offloaded again from a new connection",
-                     timeout=OFFLOAD_WAIT)
-        inserted = insert_rule(lab, where)
-    elif order == "rule, then delete":
-        inserted = insert_rule(lab, where)
-        delete_connection(lab)
-    else:   # back to back
-        delete_connection(lab)
-        inserted = insert_rule(lab, where)
-    # the stream goes on: wait until the stack has been dropping it for a while
-    lab.wait_for(lambda: time.monotonic() > inserted + 2 * STOPPED_WITHIN,
-                 what="time to see datagrams that should not arrive", timeout=10)
-    lab.open_gate("go")
-    finish(sender)
-    times = arrivals(lab, sink)
-    late = [round(t - inserted, 3) for t in times if t > inserted + STOPPED_WITHIN]
+    out = revoke.run(lab, mode, order, where)
+    late = [t for t in out.late if t > STOPPED_WITHIN]
     assert not late, f"{len(late)} datagrams arrived after the rule, up to {max(late)} s"
-    assert any(t < inserted for t in times), "nothing arrived before the rule: proves nothing"
-    assert lab.stats()["forward"] > 0
+    assert any(t < out.inserted for t in out.arrivals), "nothing arrived before the rule"
+    assert out.forwarded > 0
 
 
 # -- PPPoE: the egress learned from the frame the kernel sent ----------------------------------
@@ -281,4 +206,5 @@ def test_xdp_and_tc_side_by_side_the_shaper_holds(lab: Lab, egress: str):
     if egress in SHAPERS:
         rate, carried = iperf3(lab, seconds=4)
         assert carried["hook"] == "tc", carried
+        print(f"\n{egress} at {RATE_MBIT} Mbit/s: {rate / 1e6:.1f} Mbit/s carried by tc")
         assert abs(rate / 1e6 - RATE_MBIT) <= 0.1 * RATE_MBIT, f"{rate / 1e6:.1f} Mbit/s"
