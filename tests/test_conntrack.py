@@ -513,6 +513,33 @@ def test_established_timeout_reads_the_namespace_sysctl() -> None:
 
 
 @needs_kernel
+def test_restore_closing_undoes_a_refresh_that_landed_after_the_close() -> None:
+    """The sweep's refresh writes the established timeout; one that lands after conntrack saw
+    the FIN gives a closed connection hours. restore_closing puts its state's timeout back
+    and leaves an established connection alone."""
+    with topology() as topo, in_netns(topo.router, Conntrack) as ct, \
+            echo_server(topo, "tcp") as server:
+        sh("ip", "netns", "exec", topo.router, "sysctl", "-qw",
+           "net.netfilter.nf_conntrack_tcp_timeout_time_wait=40")
+        with tcp_connection(topo, server, 4) as (flow, client):
+            established = wait_for("the connection established", lambda: (
+                e := ct.get(flow.orig)) and e.tcp_state == ctmod.TCP_CONNTRACK_ESTABLISHED and e)
+            assert not run_in_netns(topo.router, ct.restore_closing, flow.orig)
+            assert ct.get(flow.orig).timeout >= established.timeout - 5   # type: ignore[union-attr]
+            assert client.stdin is not None
+            client.stdin.close()   # FIN both ways: TIME_WAIT
+            wait_for("TIME_WAIT", lambda: (e := ct.get(flow.orig)) and
+                     e.tcp_state == ctmod.TCP_CONNTRACK_TIME_WAIT)
+            assert ct.refresh([flow.orig], 3600) == 1     # the late refresh
+            assert ct.get(flow.orig).timeout > 3000       # type: ignore[union-attr]
+            # the timeouts are the namespace's sysctls: read from a thread in it, as the daemon does
+            assert run_in_netns(topo.router, ct.restore_closing, flow.orig)
+            after = ct.get(flow.orig)
+            assert after is not None and after.tcp_state == ctmod.TCP_CONNTRACK_TIME_WAIT
+            assert after.timeout <= 40
+
+
+@needs_kernel
 @pytest.mark.parametrize("family", [4, 6])
 def test_events_follow_a_connection_until_conntrack_delete(family: int) -> None:
     with topology() as topo, in_netns(topo.router, ConntrackEvents) as events, \

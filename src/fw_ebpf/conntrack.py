@@ -80,10 +80,14 @@ IPPROTO_TCP = socket.IPPROTO_TCP
 IPPROTO_UDP = socket.IPPROTO_UDP
 _L4 = (IPPROTO_TCP, IPPROTO_UDP)
 
+_SYSCTL_DIR = "/proc/sys/net/netfilter"
 _TIMEOUT_SYSCTL = {
-    IPPROTO_TCP: "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established",
-    IPPROTO_UDP: "/proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream",
+    IPPROTO_TCP: f"{_SYSCTL_DIR}/nf_conntrack_tcp_timeout_established",
+    IPPROTO_UDP: f"{_SYSCTL_DIR}/nf_conntrack_udp_timeout_stream",
 }
+_CLOSING_STATES = {TCP_CONNTRACK_FIN_WAIT: "fin_wait", TCP_CONNTRACK_CLOSE_WAIT: "close_wait",
+                   TCP_CONNTRACK_LAST_ACK: "last_ack", TCP_CONNTRACK_TIME_WAIT: "time_wait",
+                   TCP_CONNTRACK_CLOSE: "close"}
 
 # Requests per sendmsg: the kernel handles a whole buffer in our send call and queues every
 # answer at once, so a batch's answers must fit the receive buffer. Kernel memory charged per
@@ -487,17 +491,31 @@ class Conntrack(nl.Owner):
             raise
         return True
 
+    def restore_closing(self, orig: Tuple) -> bool:
+        """If the TCP entry with this original tuple is closing, sets its timeout to its
+        state's: undoes a refresh that landed after conntrack saw the FIN or RST (it wrote the
+        established timeout on a closed connection, hours on OpenWrt). True if it did."""
+        entry = self.get(orig)
+        name = _CLOSING_STATES.get(entry.tcp_state or 0) if entry is not None else None
+        if name is None:
+            return False
+        return self.refresh([orig], _sysctl(f"{_SYSCTL_DIR}/nf_conntrack_tcp_timeout_{name}")) == 1
+
     @staticmethod
     def established_timeout(l4proto: int) -> int:
         """The kernel's timeout for an established TCP / a UDP stream entry, in seconds."""
         path = _TIMEOUT_SYSCTL.get(l4proto)
         if path is None:
             raise ValueError(f"no established timeout for IP protocol {l4proto}")
-        try:
-            with open(path) as f:
-                return int(f.read())
-        except OSError as e:
-            raise ConntrackError(f"{path}: {e.strerror} (is nf_conntrack loaded?)") from None
+        return _sysctl(path)
+
+
+def _sysctl(path: str) -> int:
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except OSError as e:
+        raise ConntrackError(f"{path}: {e.strerror} (is nf_conntrack loaded?)") from None
 
 
 _KINDS = {"new": NFNLGRP_CONNTRACK_NEW, "update": NFNLGRP_CONNTRACK_UPDATE,
