@@ -524,7 +524,7 @@ def test_restore_closing_undoes_a_refresh_that_landed_after_the_close() -> None:
         with tcp_connection(topo, server, 4) as (flow, client):
             established = wait_for("the connection established", lambda: (
                 e := ct.get(flow.orig)) and e.tcp_state == ctmod.TCP_CONNTRACK_ESTABLISHED and e)
-            assert not run_in_netns(topo.router, ct.restore_closing, flow.orig)
+            assert run_in_netns(topo.router, ct.restore_closing, [flow.orig]) == 0
             assert ct.get(flow.orig).timeout >= established.timeout - 5   # type: ignore[union-attr]
             assert client.stdin is not None
             client.stdin.close()   # FIN both ways: TIME_WAIT
@@ -533,7 +533,8 @@ def test_restore_closing_undoes_a_refresh_that_landed_after_the_close() -> None:
             assert ct.refresh([flow.orig], 3600) == 1     # the late refresh
             assert ct.get(flow.orig).timeout > 3000       # type: ignore[union-attr]
             # the timeouts are the namespace's sysctls: read from a thread in it, as the daemon does
-            assert run_in_netns(topo.router, ct.restore_closing, flow.orig)
+            gone = Tuple(TCP, A("10.0.1.2"), A("10.0.2.2"), 1, 1)
+            assert run_in_netns(topo.router, ct.restore_closing, [gone, flow.orig]) == 1
             after = ct.get(flow.orig)
             assert after is not None and after.tcp_state == ctmod.TCP_CONNTRACK_TIME_WAIT
             assert after.timeout <= 40

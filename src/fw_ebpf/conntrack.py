@@ -491,15 +491,18 @@ class Conntrack(nl.Owner):
             raise
         return True
 
-    def restore_closing(self, orig: Tuple) -> bool:
-        """If the TCP entry with this original tuple is closing, sets its timeout to its
-        state's: undoes a refresh that landed after conntrack saw the FIN or RST (it wrote the
-        established timeout on a closed connection, hours on OpenWrt). True if it did."""
-        entry = self.get(orig)
-        name = _CLOSING_STATES.get(entry.tcp_state or 0) if entry is not None else None
-        if name is None:
-            return False
-        return self.refresh([orig], _sysctl(f"{_SYSCTL_DIR}/nf_conntrack_tcp_timeout_{name}")) == 1
+    def restore_closing(self, origs: Sequence[Tuple]) -> int:
+        """After a refresh: each of these TCP entries that is closing gets its state's timeout
+        back. A refresh that lands after conntrack saw the FIN or RST wrote the established
+        timeout on a closed connection (hours on OpenWrt); one that lands before it is
+        overwritten by conntrack itself. Returns how many entries were set back."""
+        due: dict[int, list[Tuple]] = {}
+        for t, found in zip(origs, self.lookup_many(origs)):
+            name = _CLOSING_STATES.get(found[0].tcp_state or 0) if found else None
+            if name is not None:
+                due.setdefault(_sysctl(f"{_SYSCTL_DIR}/nf_conntrack_tcp_timeout_{name}"),
+                               []).append(t)
+        return sum(self.refresh(ts, timeout) for timeout, ts in due.items())
 
     @staticmethod
     def established_timeout(l4proto: int) -> int:

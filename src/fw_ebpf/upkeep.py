@@ -201,17 +201,9 @@ class Upkeep:
                                lambda t: full.get(t.l4proto, 120))
         for conn in due:
             expiry[conn] = now + full.get(conn[maps.Key4.l4proto.offset], 120)
-        # A FIN or RST conntrack saw between this sweep's read and the refresh got the
-        # established timeout. The fast path flags an entry closing before it hands such a
-        # packet to the stack, so a flag seen now was set before conntrack saw the packet.
-        for conn in due:
-            if conn[maps.Key4.l4proto.offset] == socket.IPPROTO_TCP and any(
-                    self._flagged_closing(r.key) for r in self.book.of_connection(conn)):
-                self.conntrack.restore_closing(maps.decode_key(conn).tuple)
-
-    def _flagged_closing(self, key: bytes) -> bool:
-        value = self.tables.lookup(key)
-        return value is not None and bool(maps.FLOW_HEAD.unpack_from(value)[5] & maps.F_CLOSING)
+        # a FIN or RST that conntrack saw before the refresh landed got the established timeout
+        self.conntrack.restore_closing([maps.decode_key(c).tuple for c in due
+                                        if c[maps.Key4.l4proto.offset] == socket.IPPROTO_TCP])
 
     # -- adoption -------------------------------------------------------------------------------
 
