@@ -5,8 +5,8 @@ connections (issue 13: 0, 1k, 10k and 64k).
 Real flows through the lab router (fw4 ruleset, masquerade, conntrack, the daemon in XDP
 mode): bench/flows.py in the client namespace opens UDP flows to the server, whose veth sends
 every datagram back (bench/bpf/reflect.c). ebpfw admits by proof, so a flow needs packets after
-the daemon made it PROVING: each flow sends at 0, 10, 30, 70, 150, 310, 630, 1270 ms and then
-every 5 s (steady traffic, both directions). Conntrack UDP timeouts are raised in the router
+the daemon made it PROVING: each flow sends at 0, 10, 30, 70, 150 and 310 ms and then every
+10 s (steady traffic, both directions; bench/flows.py SCHEDULE, KEEPALIVE). Conntrack UDP timeouts are raised in the router
 and the daemon's idle timeout set to an hour, so the offloaded set stays put while measured.
 
 - idle: RSS of the daemon with no flow, after its first sweeps.
@@ -169,7 +169,9 @@ def _one_run(lab: Lab, run: int) -> dict[str, Any]:
             out["resync_s"] = None
         lab.wait_for(lambda: _answers(lab), what="daemon answering", timeout=300, interval=1)
         out["stats"] = lab.stats()
-        out["heartbeat"] = _status(lab)["heartbeat"]
+        status = _status(lab)
+        out["heartbeat"] = status["heartbeat"]
+        out["sweep_recovered"] = status.get("sweep_recovered")
     finally:
         tables.close()
         sender.close()
@@ -236,7 +238,12 @@ def run(runs: int = RUNS) -> dict[str, Any]:
                              for m in ("cpu_pct", "rss_mb", "sweep_ms", "offloaded")}
                    for lv in LEVELS},
         "resync_s": summary([r["resync_s"] for r in results if r["resync_s"] is not None]),
-        "heartbeat_passes": [r["stats"].get("pass_heartbeat", 0) for r in results],
+        "kb_per_connection": {str(lv): summary([
+            (r["steady"][lv]["rss_mb"] - r["idle_rss_mb"]) * 1024 / r["steady"][lv]["offloaded"]
+            for r in results if r["steady"][lv]["offloaded"]]) for lv in LEVELS},
+        "sustained_per_s": summary([r["rate"][paced[-1]]["per_s"] for r in results]),
+        "heartbeat_passes": summary([r["stats"].get("pass_heartbeat", 0) for r in results]),
+        "sweep_recovered": [r.get("sweep_recovered") for r in results],
         "events_lost": [r["stats"].get("event_lost", 0) for r in results],
         "events_shed": [r["stats"].get("event_shed", 0) for r in results],
         "runs": results,

@@ -5,6 +5,12 @@
     stdin:  open COUNT RATE       (RATE new flows a second; 0: as fast as the socket takes them)
     stdout: opened COUNT SECONDS  (when the first datagram of the last of them is sent)
 
+    ip netns exec NS python3 flows.py --sport 30000 --count 1000 [--start 0]
+
+The second form sends one datagram to each of COUNT flows, to addresses nobody owns
+(198.51.100.(100 + i // 50000), port 1024 + i % 50000: the server drops them without an answer),
+prints the seconds taken and exits.
+
 Flow i goes from port --sport + i // PER_PORT to 198.51.100.20 (tests/lab.py SERVER4), port
 10000 + i % PER_PORT; bench/bpf/reflect.c on the server's veth sends every datagram back, so
 each flow has packets in both directions. A flow sends at SCHEDULE seconds after its first
@@ -25,8 +31,8 @@ import time
 ADDRESS = "198.51.100.20"
 PORT_MIN = 10_000
 PER_PORT = 50_000          # flows per source port (reflect.c: ports 10000-59999)
-SCHEDULE = (0.0, 0.01, 0.03, 0.07, 0.15, 0.31, 0.63, 1.27)
-KEEPALIVE = 5.0
+SCHEDULE = (0.0, 0.01, 0.03, 0.07, 0.15, 0.31)
+KEEPALIVE = 10.0
 PAYLOAD = b"ebpfw-bench"
 
 
@@ -83,10 +89,24 @@ class Flows:
         return nxt
 
 
+def once(sport: int, start: int, count: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", sport))
+    for i in range(start, start + count):
+        sock.sendto(PAYLOAD, (f"198.51.100.{100 + i // PER_PORT}", 1024 + i % PER_PORT))
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sport", type=int, required=True)
+    p.add_argument("--count", type=int, help="send one datagram to each of so many flows")
+    p.add_argument("--start", type=int, default=0, help="index of the first of them")
     args = p.parse_args()
+    if args.count is not None:
+        t0 = time.monotonic()
+        once(args.sport, args.start, args.count)
+        print(f"{time.monotonic() - t0:.3f}")
+        return 0
     flows = Flows(args.sport)
     stdin = sys.stdin.fileno()
     os.set_blocking(stdin, False)

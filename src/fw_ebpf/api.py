@@ -105,6 +105,8 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "pass_reasons": {c.name[5:].lower(): v for c, v in counters.items()
                          if c.is_pass_reason and v},
         "last_sweep_ms": round(d.last_sweep_s * 1000, 2),
+        # flows the sweep found itself: their NEW or PROVED event was shed or lost
+        "sweep_recovered": d.upkeep.recovered,
         "admission_ms": _percentiles(list(d.admission_ms)),
         "fw4_model": d.fw4.status() if d.settings.early_drop else {"state": "early drop off"},
         # every change to the ruleset or to routing starts a generation: flows are proved again

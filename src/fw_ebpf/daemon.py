@@ -9,6 +9,7 @@ reverse. The rooms: admission.py (how a flow comes to be forwarded and how it st
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -44,6 +45,12 @@ log = logging.getLogger("fw_ebpf.daemon")
 NFT_INCLUDE_DIR = "/etc/nftables.d"
 # frames without their tag on the conduits before their user ports take over
 UNTAGGED_FALLBACK = 64
+# heartbeats written per heartbeat_timeout, busy or not
+HEARTBEATS = 4
+# ring events handled per turn of the loop, and how many may wait read; the rest wait in the
+# ring (what a full ring loses, the sweep finds in the tables)
+RING_SLICE = 1024
+RING_BACKLOG = 16384
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class Daemon:
         self.started = time.monotonic()
         self._stopping = False
         self._reload = False
-        self._ring_events: list[bytes] = []
+        self._ring_events: collections.deque[bytes] = collections.deque()
         self._next_sweep = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
@@ -135,13 +142,15 @@ class Daemon:
         self.loader = Loader(obj_dir=self.paths.object_dir, pin_dir=self.paths.pin_dir,
                              flows_max=s.flows_max, dsa_tag=self.dsa.tag,
                              config=maps.encode_config(
-                                 s.heartbeat_timeout, dsa_conduits=self.dsa.conduit_ifindexes))
+                                 s.heartbeat_timeout, event_rate=s.event_rate,
+                                 event_burst=s.event_rate,
+                                 dsa_conduits=self.dsa.conduit_ifindexes))
         stack.callback(self.loader.close)
         self.loader.load()
         # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
         stack.callback(self.loader.unpin)
         stack.callback(self.loader.detach_all)
-        self.tables = FlowTables(self.loader.map)
+        self.tables = FlowTables(self.loader.map, beat_every=s.heartbeat_timeout / HEARTBEATS)
         self.stats_map: BpfMap = self.loader.map("ebpfw_stats")
         self.tx_map: BpfMap = self.loader.map("ebpfw_tx")
         self.macs_map: BpfMap = self.loader.map(maps.MACS_MAP)
@@ -291,6 +300,7 @@ class Daemon:
                 for key, _ in sel.select(self._timeout()):
                     key.data()
                 self._drain_ring()
+                self.tables.beat()
                 self.admission.run_retries()
                 if time.monotonic() >= self.fw4.retry_at:
                     self._fw4_tick()
@@ -308,7 +318,10 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at)
+        if self._ring_events:
+            return 0.0
+        deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
+                       self.tables.next_beat_ns / 1e9)
         return max(0.0, deadline - time.monotonic())
 
     def sweep(self) -> None:
@@ -321,16 +334,22 @@ class Daemon:
         self._ring_events.append(raw)    # decided after consume() returns, not in the callback
 
     def _drain_ring(self) -> None:
-        self.ring.consume()
-        events, self._ring_events = self._ring_events, []
-        for raw in events:
-            kind, key = maps.split_event(raw)
+        """At most RING_SLICE events a turn, NEW ones admitted together (one batch of
+        conntrack lookups); the ring is read again once the backlog is under a slice."""
+        if len(self._ring_events) < RING_BACKLOG:
+            self.ring.consume()
+        new: list[bytes] = []
+        for _ in range(min(RING_SLICE, len(self._ring_events))):
+            kind, key = maps.split_event(self._ring_events.popleft())
             if kind == maps.EventType.NEW:
-                self.admission.on_new(key)
-            elif kind == maps.EventType.PROVED:
+                new.append(key)
+                continue
+            self.tables.beat()
+            if kind == maps.EventType.PROVED:
                 self.admission.on_proved(key)
             elif kind == maps.EventType.CLOSING:
                 self.admission.on_closing(key)
+        self.admission.on_new(new)
 
     def _on_conntrack(self) -> None:
         try:
@@ -446,10 +465,10 @@ class Daemon:
             log.error("reload: %s (keeping the running configuration)", e)
             return
         old, self.settings = self.settings, new
-        if (new.heartbeat_timeout, new.flows_max, new.ubus_socket) != \
-                (old.heartbeat_timeout, old.flows_max, old.ubus_socket):
-            log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
-                        "restart")
+        fixed = ("heartbeat_timeout", "flows_max", "event_rate", "ubus_socket")
+        if any(getattr(new, f) != getattr(old, f) for f in fixed):
+            log.warning("reload: heartbeat_timeout, flows_max, event_rate and ubus_socket apply "
+                        "after a restart")
         current = dict(self.loader.attachments)
         fresh = self._dsa_plan(self._untagged)
         if not fresh.conduits or (fresh.tag, fresh.conduit_ifindexes) == \

@@ -19,7 +19,7 @@ _STATE = maps.Flow.state.offset
 
 
 class FlowTables:
-    def __init__(self, map_of: Callable[[str], BpfMap]) -> None:
+    def __init__(self, map_of: Callable[[str], BpfMap], beat_every: float = 0.25) -> None:
         self._decided = {fam: map_of(names[0]) for fam, names in maps.TABLES.items()}
         self._pending = {fam: map_of(names[1]) for fam, names in maps.TABLES.items()}
         self._egress = {fam: map_of(name) for fam, name in maps.EGRESS_TABLES.items()}
@@ -27,6 +27,8 @@ class FlowTables:
         raw = self._runtime.lookup(bytes(4))
         was = maps.Runtime.from_buffer_copy(raw) if raw else maps.Runtime()
         self.gen, self.proving = was.gen, bool(was.proving)   # what a pinned runtime held
+        self.beat_every_ns = int(beat_every * 1e9)
+        self.next_beat_ns = 0
 
     def _pair(self, key: bytes) -> tuple[BpfMap, BpfMap]:
         fam = maps.key_family(key)
@@ -100,8 +102,16 @@ class FlowTables:
     # -- the runtime word the fast path reads once a tick -----------------------------------
 
     def heartbeat(self) -> None:
-        self._runtime.update(bytes(4), maps.encode_runtime(time.monotonic_ns(), self.gen,
-                                                           self.proving))
+        now = time.monotonic_ns()
+        self._runtime.update(bytes(4), maps.encode_runtime(now, self.gen, self.proving))
+        self.next_beat_ns = now + self.beat_every_ns
+
+    def beat(self) -> None:
+        """The heartbeat if it is due: called between the items of any work that can be long
+        (a burst, a sweep of a big table), so the fast path never fails open for a busy daemon,
+        only for a dead or hung one."""
+        if time.monotonic_ns() >= self.next_beat_ns:
+            self.heartbeat()
 
     def new_generation(self) -> int:
         """Every FORWARD and DROP entry of the current generation stops holding (in force one

@@ -216,8 +216,8 @@ class Stats(ctypes.Structure):
 ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
     Key4, Key6, Key, Mac, L2, Flow, Event, Runtime, Config, Stats)
 # NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
-EVENT_RATE = 256
-EVENT_BURST = 256
+EVENT_RATE = 4096
+EVENT_BURST = 4096
 CONFIG_SECTION = ".rodata.config"
 
 

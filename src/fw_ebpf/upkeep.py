@@ -32,7 +32,8 @@ log = logging.getLogger("fw_ebpf.upkeep")
 # A PENDING or PASS entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
-ADOPT_PER_SWEEP = 256
+# (one batch of conntrack lookups)
+ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
 # Sweeps read the tables in batches of this many entries
@@ -52,6 +53,7 @@ class Upkeep:
         self._on_sweep = on_sweep
         self.last_sweep_s = 0.0
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
+        self.recovered = 0                  # flows the sweep found whose event never came
         self.generation_why = "start"
         self.generation_at = time.monotonic()
         # what the current generation was made from: a change to any of it starts a new one
@@ -67,6 +69,7 @@ class Upkeep:
         gen = self.tables.new_generation()
         self.generation_why, self.generation_at = why, time.monotonic()
         for rec in self.book.in_state(State.DROP):
+            self.tables.beat()
             self.admission.evict(rec.key, "made under another ruleset")
         log.info("generation %d (%s): flows are proved again by their next packet", gen, why)
 
@@ -130,21 +133,26 @@ class Upkeep:
         closing: set[bytes] = set()
         seen: set[bytes] = set()
         stale = proving = 0
-        adopt = ADOPT_PER_SWEEP
         gen = self.tables.gen
-        for key, value in self.tables.lookup_batch(BATCH):
+        unheard: list[bytes] = []
+        proved: list[bytes] = []
+        for n, (key, value) in enumerate(self.tables.lookup_batch(BATCH)):
+            if not n & 255:
+                self.tables.beat()
             seen.add(key)
             packets, nbytes, last_seen, expires, state, flags = maps.FLOW_HEAD.unpack_from(value)
             rec = self.book.get(key)
             if rec is None:
                 if state == State.PENDING:   # a flood must not cost a conntrack lookup each
-                    if adopt == 0:
-                        continue
-                    adopt -= 1
+                    if len(unheard) < ADOPT_PER_SWEEP:
+                        unheard.append(key)
+                    continue
                 self.adopt(key, State(state))
                 continue
             active = packets != rec.packets
             rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
+            if flags & maps.F_REPORTED and rec.state in (State.PROVING, State.FORWARD):
+                proved.append(key)      # its PROVED event was lost (a full ring)
             if rec.state == State.FORWARD and rec.conn is not None:
                 if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
                     stale += 1
@@ -170,6 +178,11 @@ class Upkeep:
                 self.admission.evict(key, "undecided")
             elif rec.state == State.DROP and now_ns >= expires:
                 self.admission.evict(key, "drop verdict expired")
+        self.admission.on_new(unheard)      # NEW events shed or lost
+        for key in proved:
+            self.tables.beat()
+            self.admission.on_proved(key)
+        self.recovered += len(unheard) + len(proved)
         for key in [k for k in self.book.records if k not in seen]:
             self.admission.evict(key, "evicted from the table")   # the LRU took it
         for conn in closing:
@@ -210,7 +223,7 @@ class Upkeep:
         still has its connection (it is of an old generation: proved again before it forwards
         anything); a verdict is made again."""
         if state == State.PENDING:
-            self.admission.on_new(key)
+            self.admission.on_new([key])
             return
         if state not in (State.FORWARD, State.PROVING):
             self.tables.delete(key)
@@ -236,6 +249,7 @@ class Upkeep:
         """A restarted daemon takes over what the pinned tables hold."""
         indexed = self.tables.indexed()
         for key, value in self.tables.lookup_batch(BATCH):
+            self.tables.beat()
             self.adopt(key, State(maps.FLOW_HEAD.unpack_from(value)[4]))
         for egress, key in indexed:   # index entries whose flow is gone
             if self.book.leaving_as(egress) is None:
