@@ -5,8 +5,8 @@ connections (issue 13: 0, 1k, 10k and 64k).
 Real flows through the lab router (fw4 ruleset, masquerade, conntrack, the daemon in XDP
 mode): bench/flows.py in the client namespace opens UDP flows to the server, whose veth sends
 every datagram back (bench/bpf/reflect.c). ebpfw admits by proof, so a flow needs packets after
-the daemon made it PROVING: each flow sends at 0, 10, 30, 70, 150 and 310 ms and then every
-10 s (steady traffic, both directions; bench/flows.py SCHEDULE, KEEPALIVE). Conntrack UDP timeouts are raised in the router
+the daemon made it PROVING: each flow sends at 0, 10, 30, 70, 150, 310, 630, 1270, 2550 and
+5110 ms, then every 10 s (steady traffic, both directions; bench/flows.py SCHEDULE, KEEPALIVE). Conntrack UDP timeouts are raised in the router
 and the daemon's idle timeout set to an hour, so the offloaded set stays put while measured.
 
 - idle: RSS of the daemon with no flow, after its first sweeps.

@@ -31,7 +31,7 @@ import time
 ADDRESS = "198.51.100.20"
 PORT_MIN = 10_000
 PER_PORT = 50_000          # flows per source port (reflect.c: ports 10000-59999)
-SCHEDULE = (0.0, 0.01, 0.03, 0.07, 0.15, 0.31)
+SCHEDULE = (0.0, 0.01, 0.03, 0.07, 0.15, 0.31, 0.63, 1.27, 2.55, 5.11)
 KEEPALIVE = 10.0
 PAYLOAD = b"ebpfw-bench"
 

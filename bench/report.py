@@ -466,7 +466,8 @@ def _control(c: Results | None) -> list[str]:
            "`bench/bpf/reflect.c` on the server's veth sends every datagram back, so each "
            "flow talks both ways. Admission is by proof: a flow is offloaded once the kernel "
            "forwarded one of its packets after the daemon made it PROVING, so each flow sends at "
-           "0, 10, 30, 70, 150 and 310 ms, then every 10 s (the steady traffic). "
+           "0, 10, 30, 70, 150, 310, 630, 1270, 2550 and 5110 ms (the gap doubles), then every "
+           "10 s (the steady traffic). "
            f"Up to {int(levels[-2]):,} the flows are offered at {c['paced_rate']:,}/s; the rest "
            "come at once (the burst). Offloaded = both directions FORWARD, counted in the "
            "pinned tables from outside the daemon.", "",

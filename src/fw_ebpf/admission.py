@@ -76,6 +76,7 @@ class Admission:
         self._retry_seq = 0
         self.ct_expiry: dict[bytes, float] = {}     # connection -> its conntrack timeout
         self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
+        self.proving_ms: deque[float] = deque(maxlen=10000)     # first packet -> PROVING
 
     # -- events from the fast path --------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Admission:
         if f.state not in (State.PROVING, State.FORWARD) or not f.flags & maps.F_REPORTED:
             return
         first = f.state == State.PROVING
-        ingress = rec.info.ifindex
+        ingress = maps.key_ifindex(key)
         xdp, tc = self._hooks(ingress)
         tc_only = f.oif not in self._tx_devices() or self.links.shaped(f.oif)
         if tc_only and not tc:
@@ -154,7 +155,7 @@ class Admission:
         found = self.conntrack.lookup_many([r.info.tuple for r in recs])
         for rec, answer in zip(recs, found):
             self.tables.beat()
-            if self.book.get(rec.key) is not rec or rec.state != State.PENDING:
+            if self.book.get(rec.key) != rec or rec.state != State.PENDING:
                 continue    # evicted or decided by an event of the same batch
             if answer is None:
                 self._schedule_retry(rec, rec.attempts)
@@ -179,9 +180,12 @@ class Admission:
             # packets reach conntrack acking data it never saw; without this they are INVALID
             # and fw4's forward chain answers them with a reset
             self.conntrack.set_liberal(entry.orig)
-        if self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)) \
-                and new_connection:
+        if not self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)):
+            return
+        if new_connection:
             self.ct_expiry[conn] = time.monotonic() + entry.timeout
+        if rec.first_ns:
+            self.proving_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
 
     def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: Tuple,
                egress: Tuple) -> bool:
@@ -319,7 +323,7 @@ class Admission:
         rec.state, rec.reason = state, reason
 
     def _unindex(self, rec: FlowRecord) -> None:
-        if rec.egress is not None and self.book.leaving_as(rec.egress) is rec:
+        if rec.egress is not None and self.book.leaving_as(rec.egress) == rec:
             self.tables.unindex(rec.egress)
 
     def evict(self, key: bytes, why: str) -> None:

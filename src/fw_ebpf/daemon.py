@@ -325,7 +325,9 @@ class Daemon:
         return max(0.0, deadline - time.monotonic())
 
     def sweep(self) -> None:
-        self.upkeep.sweep()
+        if len(self._ring_events) < RING_BACKLOG:
+            self.ring.consume()
+        self.upkeep.sweep(recover=not self._ring_events)
         self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------

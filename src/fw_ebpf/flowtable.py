@@ -27,6 +27,7 @@ class FlowTables:
         raw = self._runtime.lookup(bytes(4))
         was = maps.Runtime.from_buffer_copy(raw) if raw else maps.Runtime()
         self.gen, self.proving = was.gen, bool(was.proving)   # what a pinned runtime held
+        self.proving_marks = 0      # how often a flow was made to wait for proof
         self.beat_every_ns = int(beat_every * 1e9)
         self.next_beat_ns = 0
 
@@ -60,6 +61,19 @@ class FlowTables:
     def keys(self) -> Iterator[bytes]:
         for table in (*self._decided.values(), *self._pending.values()):
             yield from table.keys()
+
+    def delete_pending(self, key: bytes) -> bool:
+        return self._pair(key)[1].delete(key)
+
+    def scan(self, batch: int = 256) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        """Every entry, a batch at a time, decided ones first; with each batch whether it is
+        of a pending table. Entries written meanwhile may be missed, moved ones seen twice."""
+        for table in self._decided.values():
+            for chunk in table.batches(batch):
+                yield chunk, False
+        for table in self._pending.values():
+            for chunk in table.batches(batch):
+                yield chunk, True
 
     def lookup_batch(self, batch: int = 256) -> list[tuple[bytes, bytes]]:
         """Every entry, decided ones first. A PENDING entry the fast path wrote while the
@@ -118,10 +132,12 @@ class FlowTables:
         tick later on every CPU); the egress program is told to look."""
         self.gen = (self.gen + 1) & 0xFFFFFFFF
         self.proving = True
+        self.proving_marks += 1
         self.heartbeat()
         return self.gen
 
     def set_proving(self, proving: bool) -> None:
+        self.proving_marks += proving
         if proving != self.proving:
             self.proving = proving
             self.heartbeat()

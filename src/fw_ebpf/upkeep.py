@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from fw_ebpf import maps
 from fw_ebpf.admission import Admission
@@ -36,8 +36,10 @@ PENDING_TTL = 10.0
 ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
-# Sweeps read the tables in batches of this many entries
+# Sweeps read the tables in batches of this many entries, and at most about SWEEP_SLICE
+# entries each (bounded CPU a sweep_interval; a bigger table takes several)
 BATCH = 4096
+SWEEP_SLICE = 8192
 _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
@@ -54,6 +56,11 @@ class Upkeep:
         self.last_sweep_s = 0.0
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
         self.recovered = 0                  # flows the sweep found whose event never came
+        self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
+        self._cycle = 0                     # cycles: full passes over the tables
+        self._cycle_start = 0.0
+        self._cycle_stale = self._cycle_proving = self._marks = 0
+        self._stale_reason = ""
         self.generation_why = "start"
         self.generation_at = time.monotonic()
         # what the current generation was made from: a change to any of it starts a new one
@@ -123,79 +130,113 @@ class Upkeep:
 
     # -- the sweep ----------------------------------------------------------------------------
 
-    def sweep(self) -> None:
+    def sweep(self, recover: bool = True) -> None:
+        """One slice of the sweep: at most SWEEP_SLICE entries, from where the last one
+        stopped. A table of more is covered over several sweep_intervals (a cycle); what needs
+        the whole table (entries the LRU took, whether anything waits for proof) is settled
+        at the end of a cycle. recover: every event sent so far was handled, so a flow whose
+        event did not come was shed or lost and is taken up here (not while events wait:
+        most of those would be handled twice)."""
         start = time.monotonic()
         self.tables.heartbeat()
+        if self._scan is None:
+            self._scan = self.tables.scan(BATCH)
+            self._cycle += 1
+            self._cycle_start, self._cycle_stale, self._cycle_proving = start, 0, 0
+            self._marks = self.tables.proving_marks
+            self._stale_reason = f"waiting to be proved again ({self.generation_why})"
+        cycle = self._cycle
         now_ns = time.monotonic_ns()
         idle_ns = int(self._idle_timeout() * 1e9)
         refresh: set[bytes] = set()
         idle: set[bytes] = set()
         closing: set[bytes] = set()
-        seen: set[bytes] = set()
-        stale = proving = 0
         gen = self.tables.gen
         unheard: list[bytes] = []
         proved: list[bytes] = []
-        for n, (key, value) in enumerate(self.tables.lookup_batch(BATCH)):
-            if not n & 255:
-                self.tables.beat()
-            seen.add(key)
-            packets, nbytes, last_seen, expires, state, flags = maps.FLOW_HEAD.unpack_from(value)
-            rec = self.book.get(key)
-            if rec is None:
-                if state == State.PENDING:   # a flood must not cost a conntrack lookup each
-                    if len(unheard) < ADOPT_PER_SWEEP:
-                        unheard.append(key)
+        done = 0
+        for chunk, pending in self._scan:
+            self.tables.beat()
+            for key, value in chunk:
+                packets, nbytes, last_seen, expires, state, flags = \
+                    maps.FLOW_HEAD.unpack_from(value)
+                rec = self.book.get(key)
+                if rec is None:
+                    if state == State.PENDING:  # a flood must not cost a conntrack lookup each
+                        if recover and len(unheard) < ADOPT_PER_SWEEP:
+                            unheard.append(key)
+                        continue
+                    self.adopt(key, State(state))
                     continue
-                self.adopt(key, State(state))
-                continue
-            active = packets != rec.packets
-            rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
-            if flags & maps.F_REPORTED and rec.state in (State.PROVING, State.FORWARD):
-                proved.append(key)      # its PROVED event was lost (a full ring)
-            if rec.state == State.FORWARD and rec.conn is not None:
-                if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
-                    stale += 1
-                    rec.reason = f"waiting to be proved again ({self.generation_why})"
-                elif rec.reason != "offloaded":
-                    rec.reason = "offloaded"
-                if flags & maps.F_CLOSING:   # its CLOSING event was lost
-                    closing.add(rec.conn)
-                elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
-                    idle.add(rec.conn)
-                elif active:
-                    refresh.add(rec.conn)
-            elif rec.state == State.PROVING:
-                waited = start - rec.since
-                if waited > idle_ns / 1e9:
-                    self.admission.evict(key, "never proved")
+                if pending and rec.state != State.PENDING:
+                    # written by the fast path while the daemon decided the key: stale
+                    self.tables.delete_pending(key)
                     continue
-                proving += 1
-                if waited > PROOF_SLOW:
-                    rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s since "
-                                  "conntrack accepted it (idle, or a rule drops it)")
-            elif rec.state in (State.PENDING, State.PASS) and start - rec.created > PENDING_TTL:
-                self.admission.evict(key, "undecided")
-            elif rec.state == State.DROP and now_ns >= expires:
-                self.admission.evict(key, "drop verdict expired")
+                rec.swept = cycle
+                active = packets != rec.packets
+                rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
+                if recover and flags & maps.F_REPORTED and \
+                        rec.state in (State.PROVING, State.FORWARD):
+                    proved.append(key)      # its PROVED event was lost (a full ring)
+                if rec.state == State.FORWARD and rec.conn is not None:
+                    if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
+                        self._cycle_stale += 1
+                        rec.reason = self._stale_reason
+                    elif rec.reason != "offloaded":
+                        rec.reason = "offloaded"
+                    if flags & maps.F_CLOSING:   # its CLOSING event was lost
+                        closing.add(rec.conn)
+                    elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
+                        idle.add(rec.conn)
+                    elif active:
+                        refresh.add(rec.conn)
+                elif rec.state == State.PROVING:
+                    waited = start - rec.since
+                    if waited > idle_ns / 1e9:
+                        self.admission.evict(key, "never proved")
+                        continue
+                    self._cycle_proving += 1
+                    if waited > PROOF_SLOW:
+                        rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s "
+                                      "since conntrack accepted it (idle, or a rule drops it)")
+                elif rec.state in (State.PENDING, State.PASS) and \
+                        start - rec.created > PENDING_TTL:
+                    self.admission.evict(key, "undecided")
+                elif rec.state == State.DROP and now_ns >= expires:
+                    self.admission.evict(key, "drop verdict expired")
+            done += len(chunk)
+            if done >= SWEEP_SLICE:
+                break
+        else:
+            self._scan = None
         self.admission.on_new(unheard)      # NEW events shed or lost
         for key in proved:
             self.tables.beat()
             self.admission.on_proved(key)
         self.recovered += len(unheard) + len(proved)
-        for key in [k for k in self.book.records if k not in seen]:
-            self.admission.evict(key, "evicted from the table")   # the LRU took it
         for conn in closing:
             self.admission.evict_connection(conn, "tcp close")
         for conn in idle:
             self.admission.evict_connection(conn, "idle")
         self._refresh_conntrack(refresh - idle, start)
-        self.stale = stale
-        # the egress program looks at forwarded packets only while some flow waits for proof
-        self.tables.set_proving(bool(stale or proving))
+        if self._scan is None:
+            self._end_cycle(cycle)
         self._on_sweep()
         self.tables.heartbeat()
         self.last_sweep_s = time.monotonic() - start
+
+    def _end_cycle(self, cycle: int) -> None:
+        """The whole table was read: what the book holds and it did not is gone (the LRU took
+        it), unless it came or moved while the cycle ran."""
+        for key in self.book.not_swept(cycle, self._cycle_start):
+            self.tables.beat()
+            if self.tables.lookup(key) is None:
+                self.admission.evict(key, "evicted from the table")
+        self.stale = self._cycle_stale
+        # the egress program looks at forwarded packets only while some flow waits for proof
+        # (a flow made PROVING, or a generation begun, while the cycle ran keeps it looking)
+        self.tables.set_proving(bool(self._cycle_stale or self._cycle_proving or
+                                     self.tables.proving_marks != self._marks))
 
     def _refresh_conntrack(self, active: set[bytes], now: float) -> None:
         """Keeps conntrack entries of carried flows alive.
@@ -236,7 +277,7 @@ class Upkeep:
         entry, direction = found
         conn, out = maps.tuple_id(entry.orig), maps.tuple_id(entry.egress(direction))
         owner = self.book.leaving_as(out)
-        if owner is not None and owner is not rec:
+        if owner is not None and owner != rec:
             self.admission.evict(key, "re-adopt: another ingress carries this direction")
             return
         self.book.bind(rec, conn, direction.value, out)
