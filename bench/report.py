@@ -503,7 +503,7 @@ def _control(c: Results | None) -> list[str]:
             "each flow of the old generation to the kernel until the kernel forwards one of its "
             "packets again, and the egress program re-proves it in place.",
             "", "RSS per connection is (RSS at N - idle RSS) / N. The sweep looks at no more "
-            "than 8,192 entries a sweep_interval; a bigger table is covered over several "
+            "than 4,096 entries a sweep_interval; a bigger table is covered over several "
             "intervals (idle eviction and conntrack refreshes follow that cycle)."]
     return out + ["", _img("control.png"), ""]
 

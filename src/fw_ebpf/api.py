@@ -10,7 +10,6 @@ only carry requests and replies.
 """
 from __future__ import annotations
 
-import collections
 import enum
 import json
 import socket
@@ -125,8 +124,7 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
 def _hooks(d: Daemon) -> list[dict[str, Any]]:
     """Each attached interface: its index (flows name devices by index), hook and how many
     offloaded flow entries enter through it."""
-    entering = collections.Counter(maps.key_ifindex(rec.key)
-                                   for rec in d.book.in_state(maps.State.FORWARD))
+    entering = d.book.ingress_counts(maps.State.FORWARD)
     hooks = []
     for name, mode in sorted(d.loader.attachments.items()):
         try:

@@ -47,7 +47,7 @@ NFT_INCLUDE_DIR = "/etc/nftables.d"
 UNTAGGED_FALLBACK = 64
 # heartbeats written per heartbeat_timeout, busy or not
 HEARTBEATS = 4
-# ring events handled per turn of the loop, and how many may wait read; the rest wait in the
+# new flows admitted per turn of the loop, and how many may wait read; the rest wait in the
 # ring (what a full ring loses, the sweep finds in the tables)
 RING_SLICE = 1024
 RING_BACKLOG = 16384
@@ -75,7 +75,8 @@ class Daemon:
         self.started = time.monotonic()
         self._stopping = False
         self._reload = False
-        self._ring_events: collections.deque[bytes] = collections.deque()
+        self._ring_read: list[bytes] = []
+        self._new_flows: collections.deque[bytes] = collections.deque()   # keys, to admit
         self._next_sweep = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
@@ -318,40 +319,42 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        if self._ring_events:
+        if self._new_flows:
             return 0.0
         deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
                        self.tables.next_beat_ns / 1e9)
         return max(0.0, deadline - time.monotonic())
 
     def sweep(self) -> None:
-        if len(self._ring_events) < RING_BACKLOG:
-            self.ring.consume()
-        self.upkeep.sweep(recover=not self._ring_events)
+        if len(self._new_flows) < RING_BACKLOG:
+            self._drain_ring()
+        self.upkeep.sweep(recover=not self._new_flows)
         self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------
 
     def _on_ring_record(self, raw: bytes) -> None:
-        self._ring_events.append(raw)    # decided after consume() returns, not in the callback
+        self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
     def _drain_ring(self) -> None:
-        """At most RING_SLICE events a turn, NEW ones admitted together (one batch of
-        conntrack lookups); the ring is read again once the backlog is under a slice."""
-        if len(self._ring_events) < RING_BACKLOG:
+        """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
+        RING_SLICE a turn, admitted together (one batch of conntrack lookups); the ring is
+        read again while fewer than RING_BACKLOG new flows wait."""
+        if len(self._new_flows) < RING_BACKLOG:
             self.ring.consume()
-        new: list[bytes] = []
-        for _ in range(min(RING_SLICE, len(self._ring_events))):
-            kind, key = maps.split_event(self._ring_events.popleft())
+        read, self._ring_read = self._ring_read, []
+        for raw in read:
+            kind, key = maps.split_event(raw)
             if kind == maps.EventType.NEW:
-                new.append(key)
+                self._new_flows.append(key)
                 continue
             self.tables.beat()
             if kind == maps.EventType.PROVED:
                 self.admission.on_proved(key)
             elif kind == maps.EventType.CLOSING:
                 self.admission.on_closing(key)
-        self.admission.on_new(new)
+        self.admission.on_new([self._new_flows.popleft()
+                               for _ in range(min(RING_SLICE, len(self._new_flows)))])
 
     def _on_conntrack(self) -> None:
         try:

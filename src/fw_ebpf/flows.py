@@ -248,6 +248,20 @@ class FlowBook:
         self._free.append(slot)
         return FlowRecord(self, slot, key)
 
+    def sweep_note(self, key: bytes, cycle: int, packets: int, nbytes: int, last_seen: int) \
+            -> tuple[FlowRecord, State, bool] | None:
+        """The sweep saw the entry of key in cycle with these counters: the record, its state
+        and whether it carried anything since the last look (None: no such record)."""
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        self._swept[slot] = cycle
+        active = packets != self._packets[slot]
+        self._packets[slot], self._bytes[slot], self._last_seen[slot] = packets, nbytes, last_seen
+        state = self._state[slot]
+        assert state is not None
+        return FlowRecord(self, slot, key), state, active
+
     def of_connection(self, conn: bytes) -> list[FlowRecord]:
         row = self._conn_rows.get(conn)
         if row is None:
@@ -273,6 +287,12 @@ class FlowBook:
         keys = self._keys
         return [FlowRecord(self, slot, keys[slot])  # type: ignore[arg-type]
                 for slot, state in enumerate(self._state) if state in states]
+
+    def ingress_counts(self, state: State) -> Counter[int]:
+        """How many records in this state enter through each device (ifindex)."""
+        keys = self._keys
+        return Counter(maps.key_ifindex(keys[slot])  # type: ignore[arg-type]
+                       for slot, s in enumerate(self._state) if s is state)
 
     def not_swept(self, cycle: int, before: float) -> list[bytes]:
         """Keys of records created before `before` that sweep cycle `cycle` did not see."""

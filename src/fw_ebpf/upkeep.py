@@ -39,7 +39,7 @@ PROOF_SLOW = 3.0
 # Sweeps read the tables in batches of this many entries, and at most about SWEEP_SLICE
 # entries each (bounded CPU a sweep_interval; a bigger table takes several)
 BATCH = 4096
-SWEEP_SLICE = 8192
+SWEEP_SLICE = 4096
 _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
@@ -160,37 +160,35 @@ class Upkeep:
             for key, value in chunk:
                 packets, nbytes, last_seen, expires, state, flags = \
                     maps.FLOW_HEAD.unpack_from(value)
-                rec = self.book.get(key)
-                if rec is None:
+                noted = self.book.sweep_note(key, cycle, packets, nbytes, last_seen)
+                if noted is None:
                     if state == State.PENDING:  # a flood must not cost a conntrack lookup each
                         if recover and len(unheard) < ADOPT_PER_SWEEP:
                             unheard.append(key)
                         continue
                     self.adopt(key, State(state))
                     continue
-                if pending and rec.state != State.PENDING:
+                rec, known, active = noted
+                if pending and known != State.PENDING:
                     # written by the fast path while the daemon decided the key: stale
                     self.tables.delete_pending(key)
                     continue
-                rec.swept = cycle
-                active = packets != rec.packets
-                rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
                 if recover and flags & maps.F_REPORTED and \
-                        rec.state in (State.PROVING, State.FORWARD):
+                        known in (State.PROVING, State.FORWARD):
                     proved.append(key)      # its PROVED event was lost (a full ring)
-                if rec.state == State.FORWARD and rec.conn is not None:
+                if known == State.FORWARD and (conn := rec.conn) is not None:
                     if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
                         self._cycle_stale += 1
                         rec.reason = self._stale_reason
                     elif rec.reason != "offloaded":
                         rec.reason = "offloaded"
                     if flags & maps.F_CLOSING:   # its CLOSING event was lost
-                        closing.add(rec.conn)
+                        closing.add(conn)
                     elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
-                        idle.add(rec.conn)
+                        idle.add(conn)
                     elif active:
-                        refresh.add(rec.conn)
-                elif rec.state == State.PROVING:
+                        refresh.add(conn)
+                elif known == State.PROVING:
                     waited = start - rec.since
                     if waited > idle_ns / 1e9:
                         self.admission.evict(key, "never proved")
@@ -199,10 +197,10 @@ class Upkeep:
                     if waited > PROOF_SLOW:
                         rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s "
                                       "since conntrack accepted it (idle, or a rule drops it)")
-                elif rec.state in (State.PENDING, State.PASS) and \
+                elif known in (State.PENDING, State.PASS) and \
                         start - rec.created > PENDING_TTL:
                     self.admission.evict(key, "undecided")
-                elif rec.state == State.DROP and now_ns >= expires:
+                elif known == State.DROP and now_ns >= expires:
                     self.admission.evict(key, "drop verdict expired")
             done += len(chunk)
             if done >= SWEEP_SLICE:
