@@ -17,7 +17,8 @@ and the daemon's idle timeout set to an hour, so the offloaded set stays put whi
 - 10k -> top: the rest at once (a burst of >= 50k at 64k): seconds until every connection is
   offloaded (both directions FORWARD), or what is left when nothing moved for STALL_S.
 - at each level, with the steady traffic: daemon CPU (utime+stime over STEADY_S, % of one core),
-  RSS, `last_sweep_ms`; at the top, `resync` (every flow proved again) from the CLI.
+  RSS, the last sweep slice's wall and CPU time (`last_sweep_ms`, `last_sweep_cpu_ms`); at the
+  top, `resync` (every flow proved again) from the CLI.
 - throughout: fast-path packets passed because the heartbeat was stale, and ring events lost.
 """
 from __future__ import annotations
@@ -99,7 +100,9 @@ def _steady(lab: Lab, pid: int) -> dict[str, float]:
     c1, t1 = proc_cpu_seconds(pid), time.monotonic()
     status = _status(lab)
     return {"cpu_pct": 100 * (c1 - c0) / (t1 - t0), "rss_mb": proc_rss_mb(pid),
-            "sweep_ms": float(status["last_sweep_ms"]), "offloaded": _offloaded(status)}
+            "sweep_ms": float(status["last_sweep_ms"]),
+            "sweep_cpu_ms": float(status.get("last_sweep_cpu_ms", "nan")),
+            "offloaded": _offloaded(status)}
 
 
 class Sender:
@@ -235,7 +238,8 @@ def run(runs: int = RUNS) -> dict[str, Any]:
                                             if r["rate"][top]["seconds"] is not None]),
                   "not_admitted": [r["rate"][top]["not_offloaded"] for r in results]},
         "steady": {str(lv): {m: summary([r["steady"][lv][m] for r in results])
-                             for m in ("cpu_pct", "rss_mb", "sweep_ms", "offloaded")}
+                             for m in ("cpu_pct", "rss_mb", "sweep_ms", "sweep_cpu_ms",
+                                       "offloaded")}
                    for lv in LEVELS},
         "resync_s": summary([r["resync_s"] for r in results if r["resync_s"] is not None]),
         "kb_per_connection": {str(lv): summary([

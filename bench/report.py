@@ -83,7 +83,7 @@ TARGETS = (
     Target("burst of >= 50k new connections fully offloaded within 15 s",
            _dig("control", "burst", "admitted_in_s"), "<=", 15, " s"),
     Target("sweep at 64k connections < 50 ms of CPU per second (one slice a sweep_interval "
-           "of 1 s)", _dig("control", "steady", "64000", "sweep_ms"), "<", 50, " ms"),
+           "of 1 s)", _dig("control", "steady", "64000", "sweep_cpu_ms"), "<", 50, " ms"),
     Target("every flow proved again after a change (resync) at 64k < 2 s",
            _dig("control", "resync_s"), "<", 2, " s"),
     Target("daemon CPU < 5 % of one core at 10k connections, steady traffic",
@@ -487,13 +487,13 @@ def _control(c: Results | None) -> list[str]:
         out.append(f"| {name} | " + " | ".join(_mmm(c[name][q]) for q in ("p50", "p99", "max"))
                    + " |")
     out += ["", "| connections | daemon RSS MB | KB per connection | CPU % of one core | "
-            "sweep slice ms |", "|---|---|---|---|---|",
-            f"| 0 (idle) | {_mmm(c['idle_rss_mb'], digits=1)} | - | - | - |"]
+            "sweep slice ms (wall) | sweep slice ms (CPU) |", "|---|---|---|---|---|---|",
+            f"| 0 (idle) | {_mmm(c['idle_rss_mb'], digits=1)} | - | - | - | - |"]
     for lv in levels:
         s = c["steady"][lv]
         out.append(f"| {int(lv):,} | {_mmm(s['rss_mb'], digits=1)} | "
                    f"{_mmm(c['kb_per_connection'][lv])} | {_mmm(s['cpu_pct'])} | "
-                   f"{_mmm(s['sweep_ms'], digits=1)} |")
+                   f"{_mmm(s['sweep_ms'], digits=1)} | {_mmm(s.get('sweep_cpu_ms'), digits=1)} |")
     out += ["", f"Fast-path packets passed for a stale heartbeat, per run: {c['heartbeat_passes']['runs']}; "
             f"NEW events shed by the rate limit: {c['events_shed']}, lost to a full ring: "
             f"{c['events_lost']}; flows the sweep found whose event never came: "

@@ -105,6 +105,7 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "pass_reasons": {c.name[5:].lower(): v for c, v in counters.items()
                          if c.is_pass_reason and v},
         "last_sweep_ms": round(d.last_sweep_s * 1000, 2),
+        "last_sweep_cpu_ms": round(d.upkeep.last_sweep_cpu_s * 1000, 2),
         # flows the sweep found itself: their NEW or PROVED event was shed or lost
         "sweep_recovered": d.upkeep.recovered,
         # first packet seen by the fast path -> FORWARD written / -> PROVING written

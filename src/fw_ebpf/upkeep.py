@@ -54,6 +54,7 @@ class Upkeep:
         self._idle_timeout = idle_timeout
         self._on_sweep = on_sweep
         self.last_sweep_s = 0.0
+        self.last_sweep_cpu_s = 0.0         # of it, CPU time (a busy machine stretches the rest)
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
         self.recovered = 0                  # flows the sweep found whose event never came
         self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
@@ -137,7 +138,7 @@ class Upkeep:
         at the end of a cycle. recover: every event sent so far was handled, so a flow whose
         event did not come was shed or lost and is taken up here (not while events wait:
         most of those would be handled twice)."""
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.thread_time()
         self.tables.heartbeat()
         if self._scan is None:
             self._scan = self.tables.scan(BATCH)
@@ -222,6 +223,7 @@ class Upkeep:
         self._on_sweep()
         self.tables.heartbeat()
         self.last_sweep_s = time.monotonic() - start
+        self.last_sweep_cpu_s = time.thread_time() - cpu
 
     def _end_cycle(self, cycle: int) -> None:
         """The whole table was read: what the book holds and it did not is gone (the LRU took
