@@ -24,7 +24,7 @@ BENCH = ROOT / "bench"
 BUILD = ROOT / "build" / "bench"
 RESULTS = BENCH / "results"
 EBPFW_OBJECT = ROOT / "build" / ("ebpfw-le.o" if sys.byteorder == "little" else "ebpfw-be.o")
-PROGRAMS = ("gen", "sink", "pass", "fwd", "harness", "flood")
+PROGRAMS = ("gen", "sink", "pass", "fwd", "harness", "flood", "reflect")
 BPF_F_TEST_XDP_LIVE_FRAMES = 2
 GEN_CPU, ROUTER_CPU = 0, 1     # generator and sinks on one CPU, the router's NAPI on the other
 

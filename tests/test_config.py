@@ -110,7 +110,7 @@ def test_shipped_ebpfw_config_holds_the_defaults(tmp_path: Path) -> None:
     sections = config.parse_uci(shipped, "ebpfw")
     documented = set(sections[0].options)
     assert documented == {"interface", "mode", "idle_timeout", "flows_max", "sweep_interval",
-                          "heartbeat_timeout", "early_drop", "log_level"}
+                          "heartbeat_timeout", "event_rate", "early_drop", "log_level"}
 
 
 @pytest.mark.parametrize("text, message", [

@@ -42,6 +42,8 @@ DROP_TTL_NS = 30 * 10**9
 FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
+_COUNTERS = 24      # packets and bytes lead a flow value (maps.FLOW_HEAD)
+_L4PROTO = maps.Key4.l4proto.offset
 
 Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
 # ifindex, DSA port -> the L3 MTU of what leaves there (a conduit: its user port's)
@@ -74,18 +76,23 @@ class Admission:
         self._retry_seq = 0
         self.ct_expiry: dict[bytes, float] = {}     # connection -> its conntrack timeout
         self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
+        self.proving_ms: deque[float] = deque(maxlen=10000)     # first packet -> PROVING
 
     # -- events from the fast path --------------------------------------------------------
 
-    def on_new(self, key: bytes) -> None:
-        rec = self.book.add(key)
-        if rec.state != State.PENDING:
-            return
-        if not rec.first_ns:
-            raw = self.tables.lookup_pending(key)
-            # a PENDING entry's last_seen is when the fast path saw the flow's first packet
-            rec.first_ns = maps.FLOW_HEAD.unpack_from(raw)[2] if raw else time.monotonic_ns()
-        self.admit(rec)
+    def on_new(self, keys: Iterable[bytes]) -> None:
+        """The fast path saw the first packets of these flows: one batch of conntrack lookups."""
+        recs = []
+        for key in keys:
+            rec = self.book.add(key)
+            if rec.state != State.PENDING:
+                continue
+            if not rec.first_ns:
+                raw = self.tables.lookup_pending(key)
+                # a PENDING entry's last_seen is when the fast path saw the flow's first packet
+                rec.first_ns = maps.FLOW_HEAD.unpack_from(raw)[2] if raw else time.monotonic_ns()
+            recs.append(rec)
+        self.admit(recs)
 
     def on_closing(self, key: bytes) -> None:
         rec = self.book.get(key)
@@ -103,7 +110,7 @@ class Admission:
         if f.state not in (State.PROVING, State.FORWARD) or not f.flags & maps.F_REPORTED:
             return
         first = f.state == State.PROVING
-        ingress = rec.info.ifindex
+        ingress = maps.key_ifindex(key)
         xdp, tc = self._hooks(ingress)
         tc_only = f.oif not in self._tx_devices() or self.links.shaped(f.oif)
         if tc_only and not tc:
@@ -119,19 +126,19 @@ class Admission:
             f.flags |= maps.F_TC_ONLY
         if first:
             f.last_seen_ns = time.monotonic_ns()
-        old = self.tables.lookup(key)
         # packets the fast path counted meanwhile (an old generation's flow) are kept
-        value = bytes(f) if old is None or first else old[:24] + bytes(f)[24:]
+        value = bytes(f) if first else raw[:_COUNTERS] + bytes(f)[_COUNTERS:]
         self.tables.update(key, value)
         rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
-        log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
-                  "tc" if tc_only else "xdp or tc")
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
+                      "tc" if tc_only else "xdp or tc")
         if not first:
             return
         if rec.first_ns:
             self.admission_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
         conn = rec.conn
-        if conn is not None and maps.decode_key(conn).tuple.l4proto == socket.IPPROTO_TCP and \
+        if conn is not None and conn[_L4PROTO] == socket.IPPROTO_TCP and \
                 sum(r.state == State.FORWARD for r in self.book.of_connection(conn)) == 1:
             # the first direction the fast path carries: ACKs the stack saw meanwhile set
             # MAXACK, and that breaks conntrack's check of the closing RST
@@ -140,14 +147,20 @@ class Admission:
 
     # -- deciding a PENDING flow ------------------------------------------------------------
 
-    def admit(self, rec: FlowRecord, attempt: int = 0) -> None:
-        if rec.state != State.PENDING:
+    def admit(self, recs: list[FlowRecord]) -> None:
+        """Asks conntrack about PENDING flows, all in one batch, and decides each."""
+        recs = [r for r in recs if r.state == State.PENDING]
+        if not recs:
             return
-        found = self.conntrack.lookup(rec.info.tuple)
-        if found is None:
-            self._schedule_retry(rec, attempt)
-            return
-        self.decide(rec, *found)
+        found = self.conntrack.lookup_many([r.info.tuple for r in recs])
+        for rec, answer in zip(recs, found):
+            self.tables.beat()
+            if self.book.get(rec.key) != rec or rec.state != State.PENDING:
+                continue    # evicted or decided by an event of the same batch
+            if answer is None:
+                self._schedule_retry(rec, rec.attempts)
+            else:
+                self.decide(rec, *answer)
 
     def decide(self, rec: FlowRecord, entry: CtEntry, direction: Direction) -> None:
         why = entry.ineligible_reason()
@@ -167,9 +180,12 @@ class Admission:
             # packets reach conntrack acking data it never saw; without this they are INVALID
             # and fw4's forward chain answers them with a reset
             self.conntrack.set_liberal(entry.orig)
-        if self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)) \
-                and new_connection:
+        if not self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)):
+            return
+        if new_connection:
             self.ct_expiry[conn] = time.monotonic() + entry.timeout
+        if rec.first_ns:
+            self.proving_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
 
     def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: Tuple,
                egress: Tuple) -> bool:
@@ -214,6 +230,7 @@ class Admission:
     # -- no connection: what the firewall did with it ---------------------------------------
 
     def _schedule_retry(self, rec: FlowRecord, attempt: int) -> None:
+        """attempt: how many lookups found nothing before this one."""
         if attempt >= len(RETRY_DELAYS):
             self._no_conntrack(rec)
             return
@@ -229,11 +246,13 @@ class Admission:
 
     def run_retries(self) -> None:
         now = time.monotonic()
+        due = []
         while self._retries and self._retries[0][0] <= now:
             _, _, key = heapq.heappop(self._retries)
             rec = self.book.get(key)
             if rec is not None and rec.state == State.PENDING:
-                self.admit(rec, attempt=rec.attempts)
+                due.append(rec)
+        self.admit(due)
 
     def _no_conntrack(self, rec: FlowRecord) -> None:
         """The kernel kept no connection for this flow: fw4 dropped or rejected its packets.
@@ -267,7 +286,9 @@ class Admission:
     # -- conntrack events -------------------------------------------------------------------
 
     def on_conntrack(self, events: Iterable[CtEvent]) -> None:
+        pending: dict[bytes, FlowRecord] = {}
         for ev in events:
+            self.tables.beat()
             if ev.entry is None:
                 continue
             conn = maps.tuple_id(ev.entry.orig)
@@ -277,11 +298,13 @@ class Admission:
             for rec in self.book.waiting_for(conn, maps.tuple_id(ev.entry.reply)) + \
                     self.book.of_connection(conn):
                 if rec.state == State.PENDING:
-                    self.admit(rec)
+                    pending[rec.key] = rec
+        self.admit(list(pending.values()))
 
     def recheck_connections(self) -> None:
         """After lost conntrack events: every record against what conntrack holds now."""
         for rec in list(self.book.records.values()):
+            self.tables.beat()
             if rec.key not in self.book:
                 continue
             found = self.conntrack.lookup(rec.info.tuple)
@@ -304,7 +327,7 @@ class Admission:
         rec.state, rec.reason = state, reason
 
     def _unindex(self, rec: FlowRecord) -> None:
-        if rec.egress is not None and self.book.leaving_as(rec.egress) is rec:
+        if rec.egress is not None and self.book.leaving_as(rec.egress) == rec:
             self.tables.unindex(rec.egress)
 
     def evict(self, key: bytes, why: str) -> None:
@@ -317,7 +340,8 @@ class Admission:
             rec.packets, rec.bytes = maps.FLOW_HEAD.unpack_from(value)[:2]
         self._unindex(rec)
         self.book.remove(key)
-        log.debug("evict %s: %s", rec.info.tuple, why)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("evict %s: %s", rec.info.tuple, why)
 
     def evict_connection(self, conn: bytes, why: str) -> int:
         self.ct_expiry.pop(conn, None)
@@ -329,6 +353,7 @@ class Admission:
     def flush(self) -> int:
         n = len(self.book)
         for key in list(self.book.records):
+            self.tables.beat()
             self.evict(key, "flush")
         self.tables.clear()
         self.ct_expiry.clear()

@@ -105,7 +105,12 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "pass_reasons": {c.name[5:].lower(): v for c, v in counters.items()
                          if c.is_pass_reason and v},
         "last_sweep_ms": round(d.last_sweep_s * 1000, 2),
+        "last_sweep_cpu_ms": round(d.upkeep.last_sweep_cpu_s * 1000, 2),
+        # flows the sweep found itself: their NEW or PROVED event was shed or lost
+        "sweep_recovered": d.upkeep.recovered,
+        # first packet seen by the fast path -> FORWARD written / -> PROVING written
         "admission_ms": _percentiles(list(d.admission_ms)),
+        "proving_ms": _percentiles(list(d.admission.proving_ms)),
         "fw4_model": d.fw4.status() if d.settings.early_drop else {"state": "early drop off"},
         # every change to the ruleset or to routing starts a generation: flows are proved again
         "generation": {"number": d.tables.gen, "why": d.upkeep.generation_why,
@@ -120,9 +125,7 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
 def _hooks(d: Daemon) -> list[dict[str, Any]]:
     """Each attached interface: its index (flows name devices by index), hook and how many
     offloaded flow entries enter through it."""
-    entering: dict[int, int] = {}
-    for rec in d.book.in_state(maps.State.FORWARD):
-        entering[rec.info.ifindex] = entering.get(rec.info.ifindex, 0) + 1
+    entering = d.book.ingress_counts(maps.State.FORWARD)
     hooks = []
     for name, mode in sorted(d.loader.attachments.items()):
         try:

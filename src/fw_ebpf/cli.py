@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sweep-interval", type=float, help="seconds between sweeps")
     run.add_argument("--heartbeat-timeout", type=float, help="fail-open after this many seconds")
     run.add_argument("--flows-max", type=int, help="flow table size")
+    run.add_argument("--event-rate", type=int,
+                     help="new-flow events a second per CPU (more: the sweep adopts them)")
     run.add_argument("--log-level", choices=config.LOG_LEVELS)
     run.add_argument("--syslog", action="store_true", help="log to syslog instead of stderr")
     run.add_argument("--pin-dir", default=config.PIN_DIR, help="bpffs directory for pins")
@@ -111,6 +113,7 @@ def _settings(args: argparse.Namespace,
         interfaces=tuple(interfaces) if interfaces else None, modes=modes, mode=args.mode,
         idle_timeout=args.idle_timeout, sweep_interval=args.sweep_interval,
         heartbeat_timeout=args.heartbeat_timeout, flows_max=args.flows_max,
+        event_rate=args.event_rate,
         log_level=args.log_level, early_drop=args.early_drop, ubus_socket=args.ubus_socket)
 
 

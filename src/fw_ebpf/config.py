@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from fw_ebpf import libubus
+from fw_ebpf import libubus, maps
 
 MODES = ("xdp", "xdp-generic", "tc", "auto")
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error")
@@ -44,6 +44,7 @@ class Settings:
     flows_max: int = 65536
     sweep_interval: float = 1.0
     heartbeat_timeout: float = 5.0
+    event_rate: int = maps.EVENT_RATE   # NEW events a second per CPU the fast path sends
     early_drop: bool = True
     log_level: str = "info"
     ubus_socket: str | None = None     # None: libubus's default
@@ -73,6 +74,8 @@ class Settings:
             raise bad("sweep_interval", "must be between 0.05 and 60 seconds")
         if not self.sweep_interval * 2 <= self.heartbeat_timeout <= 3600:
             raise bad("heartbeat_timeout", "must be at least twice sweep_interval and at most 3600")
+        if not 0 <= self.event_rate <= 1_000_000:
+            raise bad("event_rate", "must be between 0 (no limit) and 1000000 a second")
         if self.log_level not in LOG_LEVELS:
             raise bad("log_level", f"is '{self.log_level}', expected one of {', '.join(LOG_LEVELS)}")
         if self.ubus_socket is not None and not self.ubus_socket.startswith("/"):
@@ -156,7 +159,8 @@ def settings_from_uci(sections: list[UciSection], source: str) -> Settings:
             if iface is not None:
                 changes["interfaces"] = tuple(iface if isinstance(iface, list) else iface.split())
             for option, kind in (("idle_timeout", float), ("sweep_interval", float),
-                                 ("heartbeat_timeout", float), ("flows_max", int)):
+                                 ("heartbeat_timeout", float), ("flows_max", int),
+                                 ("event_rate", int)):
                 value = _number(sec, where, option, kind)
                 if value is not None:
                     changes[option] = value

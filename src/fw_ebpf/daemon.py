@@ -9,6 +9,7 @@ reverse. The rooms: admission.py (how a flow comes to be forwarded and how it st
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -44,6 +45,12 @@ log = logging.getLogger("fw_ebpf.daemon")
 NFT_INCLUDE_DIR = "/etc/nftables.d"
 # frames without their tag on the conduits before their user ports take over
 UNTAGGED_FALLBACK = 64
+# heartbeats written per heartbeat_timeout, busy or not
+HEARTBEATS = 4
+# new flows admitted per turn of the loop, and how many may wait read; the rest wait in the
+# ring (what a full ring loses, the sweep finds in the tables)
+RING_SLICE = 1024
+RING_BACKLOG = 16384
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,8 @@ class Daemon:
         self.started = time.monotonic()
         self._stopping = False
         self._reload = False
-        self._ring_events: list[bytes] = []
+        self._ring_read: list[bytes] = []
+        self._new_flows: collections.deque[bytes] = collections.deque()   # keys, to admit
         self._next_sweep = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
@@ -135,13 +143,15 @@ class Daemon:
         self.loader = Loader(obj_dir=self.paths.object_dir, pin_dir=self.paths.pin_dir,
                              flows_max=s.flows_max, dsa_tag=self.dsa.tag,
                              config=maps.encode_config(
-                                 s.heartbeat_timeout, dsa_conduits=self.dsa.conduit_ifindexes))
+                                 s.heartbeat_timeout, event_rate=s.event_rate,
+                                 event_burst=s.event_rate,
+                                 dsa_conduits=self.dsa.conduit_ifindexes))
         stack.callback(self.loader.close)
         self.loader.load()
         # a clean stop leaves nothing behind: detach, then remove the pins (callbacks run LIFO)
         stack.callback(self.loader.unpin)
         stack.callback(self.loader.detach_all)
-        self.tables = FlowTables(self.loader.map)
+        self.tables = FlowTables(self.loader.map, beat_every=s.heartbeat_timeout / HEARTBEATS)
         self.stats_map: BpfMap = self.loader.map("ebpfw_stats")
         self.tx_map: BpfMap = self.loader.map("ebpfw_tx")
         self.macs_map: BpfMap = self.loader.map(maps.MACS_MAP)
@@ -291,6 +301,7 @@ class Daemon:
                 for key, _ in sel.select(self._timeout()):
                     key.data()
                 self._drain_ring()
+                self.tables.beat()
                 self.admission.run_retries()
                 if time.monotonic() >= self.fw4.retry_at:
                     self._fw4_tick()
@@ -308,29 +319,42 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at)
+        if self._new_flows:
+            return 0.0
+        deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
+                       self.tables.next_beat_ns / 1e9)
         return max(0.0, deadline - time.monotonic())
 
     def sweep(self) -> None:
-        self.upkeep.sweep()
+        if len(self._new_flows) < RING_BACKLOG:
+            self._drain_ring()
+        self.upkeep.sweep(recover=not self._new_flows)
         self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------
 
     def _on_ring_record(self, raw: bytes) -> None:
-        self._ring_events.append(raw)    # decided after consume() returns, not in the callback
+        self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
     def _drain_ring(self) -> None:
-        self.ring.consume()
-        events, self._ring_events = self._ring_events, []
-        for raw in events:
+        """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
+        RING_SLICE a turn, admitted together (one batch of conntrack lookups); the ring is
+        read again while fewer than RING_BACKLOG new flows wait."""
+        if len(self._new_flows) < RING_BACKLOG:
+            self.ring.consume()
+        read, self._ring_read = self._ring_read, []
+        for raw in read:
             kind, key = maps.split_event(raw)
             if kind == maps.EventType.NEW:
-                self.admission.on_new(key)
-            elif kind == maps.EventType.PROVED:
+                self._new_flows.append(key)
+                continue
+            self.tables.beat()
+            if kind == maps.EventType.PROVED:
                 self.admission.on_proved(key)
             elif kind == maps.EventType.CLOSING:
                 self.admission.on_closing(key)
+        self.admission.on_new([self._new_flows.popleft()
+                               for _ in range(min(RING_SLICE, len(self._new_flows)))])
 
     def _on_conntrack(self) -> None:
         try:
@@ -446,10 +470,10 @@ class Daemon:
             log.error("reload: %s (keeping the running configuration)", e)
             return
         old, self.settings = self.settings, new
-        if (new.heartbeat_timeout, new.flows_max, new.ubus_socket) != \
-                (old.heartbeat_timeout, old.flows_max, old.ubus_socket):
-            log.warning("reload: heartbeat_timeout, flows_max and ubus_socket apply after a "
-                        "restart")
+        fixed = ("heartbeat_timeout", "flows_max", "event_rate", "ubus_socket")
+        if any(getattr(new, f) != getattr(old, f) for f in fixed):
+            log.warning("reload: heartbeat_timeout, flows_max, event_rate and ubus_socket apply "
+                        "after a restart")
         current = dict(self.loader.attachments)
         fresh = self._dsa_plan(self._untagged)
         if not fresh.conduits or (fresh.tag, fresh.conduit_ifindexes) == \

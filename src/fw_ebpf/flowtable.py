@@ -19,7 +19,7 @@ _STATE = maps.Flow.state.offset
 
 
 class FlowTables:
-    def __init__(self, map_of: Callable[[str], BpfMap]) -> None:
+    def __init__(self, map_of: Callable[[str], BpfMap], beat_every: float = 0.25) -> None:
         self._decided = {fam: map_of(names[0]) for fam, names in maps.TABLES.items()}
         self._pending = {fam: map_of(names[1]) for fam, names in maps.TABLES.items()}
         self._egress = {fam: map_of(name) for fam, name in maps.EGRESS_TABLES.items()}
@@ -27,6 +27,9 @@ class FlowTables:
         raw = self._runtime.lookup(bytes(4))
         was = maps.Runtime.from_buffer_copy(raw) if raw else maps.Runtime()
         self.gen, self.proving = was.gen, bool(was.proving)   # what a pinned runtime held
+        self.proving_marks = 0      # how often a flow was made to wait for proof
+        self.beat_every_ns = int(beat_every * 1e9)
+        self.next_beat_ns = 0
 
     def _pair(self, key: bytes) -> tuple[BpfMap, BpfMap]:
         fam = maps.key_family(key)
@@ -58,6 +61,19 @@ class FlowTables:
     def keys(self) -> Iterator[bytes]:
         for table in (*self._decided.values(), *self._pending.values()):
             yield from table.keys()
+
+    def delete_pending(self, key: bytes) -> bool:
+        return self._pair(key)[1].delete(key)
+
+    def scan(self, batch: int = 256) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
+        """Every entry, a batch at a time, decided ones first; with each batch whether it is
+        of a pending table. Entries written meanwhile may be missed, moved ones seen twice."""
+        for table in self._decided.values():
+            for chunk in table.batches(batch):
+                yield chunk, False
+        for table in self._pending.values():
+            for chunk in table.batches(batch):
+                yield chunk, True
 
     def lookup_batch(self, batch: int = 256) -> list[tuple[bytes, bytes]]:
         """Every entry, decided ones first. A PENDING entry the fast path wrote while the
@@ -100,18 +116,28 @@ class FlowTables:
     # -- the runtime word the fast path reads once a tick -----------------------------------
 
     def heartbeat(self) -> None:
-        self._runtime.update(bytes(4), maps.encode_runtime(time.monotonic_ns(), self.gen,
-                                                           self.proving))
+        now = time.monotonic_ns()
+        self._runtime.update(bytes(4), maps.encode_runtime(now, self.gen, self.proving))
+        self.next_beat_ns = now + self.beat_every_ns
+
+    def beat(self) -> None:
+        """The heartbeat if it is due: called between the items of any work that can be long
+        (a burst, a sweep of a big table), so the fast path never fails open for a busy daemon,
+        only for a dead or hung one."""
+        if time.monotonic_ns() >= self.next_beat_ns:
+            self.heartbeat()
 
     def new_generation(self) -> int:
         """Every FORWARD and DROP entry of the current generation stops holding (in force one
         tick later on every CPU); the egress program is told to look."""
         self.gen = (self.gen + 1) & 0xFFFFFFFF
         self.proving = True
+        self.proving_marks += 1
         self.heartbeat()
         return self.gen
 
     def set_proving(self, proving: bool) -> None:
+        self.proving_marks += proving
         if proving != self.proving:
             self.proving = proving
             self.heartbeat()

@@ -358,11 +358,17 @@ class BpfMap:
 
     def lookup_batch(self, batch: int = 256) -> list[tuple[bytes, bytes]]:
         """All entries in as few syscalls as possible; per-CPU values as in lookup()."""
+        return [item for chunk in self.batches(batch) for item in chunk]
+
+    def batches(self, batch: int = 256) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The entries, a syscall's worth (about `batch`) at a time: a caller may stop between
+        two and go on later (hash maps resume at the next bucket; entries added meanwhile to
+        buckets already read are not seen)."""
         vsize = self._value_buf_size
         # batch token: a u32 bucket for hash maps, a key for arrays
         tok_in = ctypes.create_string_buffer(max(self.key_size, 8))
         tok_out = ctypes.create_string_buffer(max(self.key_size, 8))
-        first, out = True, list[tuple[bytes, bytes]]()
+        first = True
         while True:
             keys = ctypes.create_string_buffer(self.key_size * batch)
             values = ctypes.create_string_buffer(vsize * batch)
@@ -374,13 +380,14 @@ class BpfMap:
                 continue
             if ret < 0 and ret != -errno.ENOENT:
                 if first and -ret in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP):
-                    return list(self.items())  # map type without batch ops
+                    yield list(self.items())  # map type without batch ops
+                    return
                 _check(ret, f"map {self.name}: batch lookup")
-            k, v = keys.raw, values.raw
-            out.extend((k[i * self.key_size:(i + 1) * self.key_size], v[i * vsize:(i + 1) * vsize])
-                       for i in range(count.value))
+            k, v, ks = keys.raw, values.raw, self.key_size
+            yield [(k[i * ks:(i + 1) * ks], v[i * vsize:(i + 1) * vsize])
+                   for i in range(count.value)]
             if ret == -errno.ENOENT:
-                return out
+                return
             first = False
             tok_in, tok_out = tok_out, tok_in
 

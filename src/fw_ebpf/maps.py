@@ -216,8 +216,8 @@ class Stats(ctypes.Structure):
 ABI_STRUCTS: tuple[type[ctypes.Structure | ctypes.Union], ...] = (
     Key4, Key6, Key, Mac, L2, Flow, Event, Runtime, Config, Stats)
 # NEW events per second per CPU the fast path sends, and how many at once (ebpfw_config)
-EVENT_RATE = 256
-EVENT_BURST = 256
+EVENT_RATE = 4096
+EVENT_BURST = 4096
 CONFIG_SECTION = ".rodata.config"
 
 
@@ -240,18 +240,28 @@ class Tuple:
         return L3_IPV4 if self.saddr.version == 4 else L3_IPV6
 
 
+# Key4 / Key6 as struct formats (the daemon packs and unpacks keys on every event; ctypes
+# structures cost several times more); tests/test_abi.py checks them against the structures
+_KEY_STRUCT = {4: struct.Struct("=IHHHBB2s2s4s4s"), 16: struct.Struct("=IHHHBB2s2s16s16s")}
+
+
 def encode_key(ifindex: int, t: Tuple, vlan: tuple[int, int] = (0, 0), pppoe_sid: int = 0,
                dsa_port: int = NO_DSA_PORT) -> bytes:
     """The key of the family's tables: 24 bytes for IPv4, 48 for IPv6."""
-    if t.saddr.version != t.daddr.version:
+    saddr, daddr = t.saddr.packed, t.daddr.packed
+    if len(saddr) != len(daddr):
         raise ValueError(f"mixed address families in {t}")
-    cls = Key4 if t.l3proto == L3_IPV4 else Key6
-    key = cls(ifindex=ifindex, pppoe_sid=pppoe_sid, dsa_port=dsa_port, l4proto=t.l4proto,
-              sport=_be16(t.sport), dport=_be16(t.dport))
-    key.vlan[:] = vlan
-    key.saddr[:] = t.saddr.packed
-    key.daddr[:] = t.daddr.packed
-    return bytes(key)
+    return _KEY_STRUCT[len(saddr)].pack(ifindex, vlan[0], vlan[1], pppoe_sid, dsa_port,
+                                        t.l4proto, t.sport.to_bytes(2, "big"),
+                                        t.dport.to_bytes(2, "big"), saddr, daddr)
+
+
+def key_ifindex(raw: bytes) -> int:
+    """The ingress device of a flow key (its first field)."""
+    return _IFINDEX.unpack_from(raw)[0]
+
+
+_IFINDEX = struct.Struct("=I")
 
 
 def key_family(raw: bytes) -> int:
@@ -273,10 +283,12 @@ class KeyInfo:
 
 
 def decode_key(raw: bytes) -> KeyInfo:
-    k = (Key4 if key_family(raw) == L3_IPV4 else Key6).from_buffer_copy(raw)
-    t = Tuple(k.l4proto, ipaddress.ip_address(bytes(k.saddr)), ipaddress.ip_address(bytes(k.daddr)),
-              socket.ntohs(k.sport), socket.ntohs(k.dport))
-    return KeyInfo(k.ifindex, t, (k.vlan[0], k.vlan[1]), k.pppoe_sid, k.dsa_port)
+    address = ipaddress.IPv4Address if key_family(raw) == L3_IPV4 else ipaddress.IPv6Address
+    ifindex, vlan0, vlan1, pppoe_sid, dsa_port, l4proto, sport, dport, saddr, daddr = \
+        _KEY_STRUCT[4 if address is ipaddress.IPv4Address else 16].unpack(raw)
+    t = Tuple(l4proto, address(saddr), address(daddr), int.from_bytes(sport, "big"),
+              int.from_bytes(dport, "big"))
+    return KeyInfo(ifindex, t, (vlan0, vlan1), pppoe_sid, dsa_port)
 
 
 def csum_diff(old: bytes, new: bytes) -> int:

@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from fw_ebpf import maps
 from fw_ebpf.admission import Admission
@@ -32,11 +32,14 @@ log = logging.getLogger("fw_ebpf.upkeep")
 # A PENDING or PASS entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
-ADOPT_PER_SWEEP = 256
+# (one batch of conntrack lookups)
+ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
-# Sweeps read the tables in batches of this many entries
+# Sweeps read the tables in batches of this many entries, and at most about SWEEP_SLICE
+# entries each (bounded CPU a sweep_interval; a bigger table takes several)
 BATCH = 4096
+SWEEP_SLICE = 4096
 _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
@@ -51,7 +54,14 @@ class Upkeep:
         self._idle_timeout = idle_timeout
         self._on_sweep = on_sweep
         self.last_sweep_s = 0.0
+        self.last_sweep_cpu_s = 0.0         # of it, CPU time (a busy machine stretches the rest)
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
+        self.recovered = 0                  # flows the sweep found whose event never came
+        self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
+        self._cycle = 0                     # cycles: full passes over the tables
+        self._cycle_start = 0.0
+        self._cycle_stale = self._cycle_proving = self._marks = 0
+        self._stale_reason = ""
         self.generation_why = "start"
         self.generation_at = time.monotonic()
         # what the current generation was made from: a change to any of it starts a new one
@@ -67,6 +77,7 @@ class Upkeep:
         gen = self.tables.new_generation()
         self.generation_why, self.generation_at = why, time.monotonic()
         for rec in self.book.in_state(State.DROP):
+            self.tables.beat()
             self.admission.evict(rec.key, "made under another ruleset")
         log.info("generation %d (%s): flows are proved again by their next packet", gen, why)
 
@@ -120,69 +131,112 @@ class Upkeep:
 
     # -- the sweep ----------------------------------------------------------------------------
 
-    def sweep(self) -> None:
-        start = time.monotonic()
+    def sweep(self, recover: bool = True) -> None:
+        """One slice of the sweep: at most SWEEP_SLICE entries, from where the last one
+        stopped. A table of more is covered over several sweep_intervals (a cycle); what needs
+        the whole table (entries the LRU took, whether anything waits for proof) is settled
+        at the end of a cycle. recover: every event sent so far was handled, so a flow whose
+        event did not come was shed or lost and is taken up here (not while events wait:
+        most of those would be handled twice)."""
+        start, cpu = time.monotonic(), time.thread_time()
         self.tables.heartbeat()
+        if self._scan is None:
+            self._scan = self.tables.scan(BATCH)
+            self._cycle += 1
+            self._cycle_start, self._cycle_stale, self._cycle_proving = start, 0, 0
+            self._marks = self.tables.proving_marks
+            self._stale_reason = f"waiting to be proved again ({self.generation_why})"
+        cycle = self._cycle
         now_ns = time.monotonic_ns()
         idle_ns = int(self._idle_timeout() * 1e9)
         refresh: set[bytes] = set()
         idle: set[bytes] = set()
         closing: set[bytes] = set()
-        seen: set[bytes] = set()
-        stale = proving = 0
-        adopt = ADOPT_PER_SWEEP
         gen = self.tables.gen
-        for key, value in self.tables.lookup_batch(BATCH):
-            seen.add(key)
-            packets, nbytes, last_seen, expires, state, flags = maps.FLOW_HEAD.unpack_from(value)
-            rec = self.book.get(key)
-            if rec is None:
-                if state == State.PENDING:   # a flood must not cost a conntrack lookup each
-                    if adopt == 0:
+        unheard: list[bytes] = []
+        proved: list[bytes] = []
+        done = 0
+        for chunk, pending in self._scan:
+            self.tables.beat()
+            for key, value in chunk:
+                packets, nbytes, last_seen, expires, state, flags = \
+                    maps.FLOW_HEAD.unpack_from(value)
+                noted = self.book.sweep_note(key, cycle, packets, nbytes, last_seen)
+                if noted is None:
+                    if state == State.PENDING:  # a flood must not cost a conntrack lookup each
+                        if recover and len(unheard) < ADOPT_PER_SWEEP:
+                            unheard.append(key)
                         continue
-                    adopt -= 1
-                self.adopt(key, State(state))
-                continue
-            active = packets != rec.packets
-            rec.packets, rec.bytes, rec.last_seen_ns = packets, nbytes, last_seen
-            if rec.state == State.FORWARD and rec.conn is not None:
-                if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
-                    stale += 1
-                    rec.reason = f"waiting to be proved again ({self.generation_why})"
-                elif rec.reason != "offloaded":
-                    rec.reason = "offloaded"
-                if flags & maps.F_CLOSING:   # its CLOSING event was lost
-                    closing.add(rec.conn)
-                elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
-                    idle.add(rec.conn)
-                elif active:
-                    refresh.add(rec.conn)
-            elif rec.state == State.PROVING:
-                waited = start - rec.since
-                if waited > idle_ns / 1e9:
-                    self.admission.evict(key, "never proved")
+                    self.adopt(key, State(state))
                     continue
-                proving += 1
-                if waited > PROOF_SLOW:
-                    rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s since "
-                                  "conntrack accepted it (idle, or a rule drops it)")
-            elif rec.state in (State.PENDING, State.PASS) and start - rec.created > PENDING_TTL:
-                self.admission.evict(key, "undecided")
-            elif rec.state == State.DROP and now_ns >= expires:
-                self.admission.evict(key, "drop verdict expired")
-        for key in [k for k in self.book.records if k not in seen]:
-            self.admission.evict(key, "evicted from the table")   # the LRU took it
+                rec, known, active = noted
+                if pending and known != State.PENDING:
+                    # written by the fast path while the daemon decided the key: stale
+                    self.tables.delete_pending(key)
+                    continue
+                if recover and flags & maps.F_REPORTED and \
+                        known in (State.PROVING, State.FORWARD):
+                    proved.append(key)      # its PROVED event was lost (a full ring)
+                if known == State.FORWARD and (conn := rec.conn) is not None:
+                    if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
+                        self._cycle_stale += 1
+                        rec.reason = self._stale_reason
+                    elif rec.reason != "offloaded":
+                        rec.reason = "offloaded"
+                    if flags & maps.F_CLOSING:   # its CLOSING event was lost
+                        closing.add(conn)
+                    elif now_ns - last_seen > idle_ns and start - rec.since > idle_ns / 1e9:
+                        idle.add(conn)
+                    elif active:
+                        refresh.add(conn)
+                elif known == State.PROVING:
+                    waited = start - rec.since
+                    if waited > idle_ns / 1e9:
+                        self.admission.evict(key, "never proved")
+                        continue
+                    self._cycle_proving += 1
+                    if waited > PROOF_SLOW:
+                        rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s "
+                                      "since conntrack accepted it (idle, or a rule drops it)")
+                elif known in (State.PENDING, State.PASS) and \
+                        start - rec.created > PENDING_TTL:
+                    self.admission.evict(key, "undecided")
+                elif known == State.DROP and now_ns >= expires:
+                    self.admission.evict(key, "drop verdict expired")
+            done += len(chunk)
+            if done >= SWEEP_SLICE:
+                break
+        else:
+            self._scan = None
+        self.admission.on_new(unheard)      # NEW events shed or lost
+        for key in proved:
+            self.tables.beat()
+            self.admission.on_proved(key)
+        self.recovered += len(unheard) + len(proved)
         for conn in closing:
             self.admission.evict_connection(conn, "tcp close")
         for conn in idle:
             self.admission.evict_connection(conn, "idle")
         self._refresh_conntrack(refresh - idle, start)
-        self.stale = stale
-        # the egress program looks at forwarded packets only while some flow waits for proof
-        self.tables.set_proving(bool(stale or proving))
+        if self._scan is None:
+            self._end_cycle(cycle)
         self._on_sweep()
         self.tables.heartbeat()
         self.last_sweep_s = time.monotonic() - start
+        self.last_sweep_cpu_s = time.thread_time() - cpu
+
+    def _end_cycle(self, cycle: int) -> None:
+        """The whole table was read: what the book holds and it did not is gone (the LRU took
+        it), unless it came or moved while the cycle ran."""
+        for key in self.book.not_swept(cycle, self._cycle_start):
+            self.tables.beat()
+            if self.tables.lookup(key) is None:
+                self.admission.evict(key, "evicted from the table")
+        self.stale = self._cycle_stale
+        # the egress program looks at forwarded packets only while some flow waits for proof
+        # (a flow made PROVING, or a generation begun, while the cycle ran keeps it looking)
+        self.tables.set_proving(bool(self._cycle_stale or self._cycle_proving or
+                                     self.tables.proving_marks != self._marks))
 
     def _refresh_conntrack(self, active: set[bytes], now: float) -> None:
         """Keeps conntrack entries of carried flows alive.
@@ -213,7 +267,7 @@ class Upkeep:
         still has its connection (it is of an old generation: proved again before it forwards
         anything); a verdict is made again."""
         if state == State.PENDING:
-            self.admission.on_new(key)
+            self.admission.on_new([key])
             return
         if state not in (State.FORWARD, State.PROVING):
             self.tables.delete(key)
@@ -226,7 +280,7 @@ class Upkeep:
         entry, direction = found
         conn, out = maps.tuple_id(entry.orig), maps.tuple_id(entry.egress(direction))
         owner = self.book.leaving_as(out)
-        if owner is not None and owner is not rec:
+        if owner is not None and owner != rec:
             self.admission.evict(key, "re-adopt: another ingress carries this direction")
             return
         self.book.bind(rec, conn, direction.value, out)
@@ -239,6 +293,7 @@ class Upkeep:
         """A restarted daemon takes over what the pinned tables hold."""
         indexed = self.tables.indexed()
         for key, value in self.tables.lookup_batch(BATCH):
+            self.tables.beat()
             self.adopt(key, State(maps.FLOW_HEAD.unpack_from(value)[4]))
         for egress, key in indexed:   # index entries whose flow is gone
             if self.book.leaving_as(egress) is None:
