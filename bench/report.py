@@ -480,7 +480,11 @@ def _control(c: Results | None) -> list[str]:
            "10 s (the steady traffic). "
            f"Up to {int(levels[-2]):,} the flows are offered at {c['paced_rate']:,}/s; the rest "
            "come at once (the burst). Offloaded = both directions FORWARD, counted in the "
-           "pinned tables from outside the daemon.", "",
+           "pinned tables from outside the daemon; 'seconds until all' is when the last one was "
+           "offloaded, of all but the flows to UDP port 10080, which fw4's ruleset gives the "
+           "amanda conntrack helper and ebpfw leaves to the stack by design "
+           f"({', '.join(str(n) for n in c.get('left_to_stack', {}).values())} at the sizes "
+           "above, counted in 'not offloaded').", "",
            "| connections | offered / s | admitted / s | seconds until all | not offloaded |",
            "|---|---|---|---|---|"]
     for lv in levels:
