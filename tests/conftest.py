@@ -14,6 +14,7 @@ from typing import Iterator
 
 import pytest
 
+from fastpath import FastPath, load_fastpath
 from lab import Lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,22 @@ def bpf_build() -> Path:
 @pytest.fixture(scope="session")
 def bpf_object(bpf_build: Path) -> Path:
     return native_object()
+
+
+@pytest.fixture(scope="module")
+def loaded(bpf_object: Path) -> Iterator[FastPath]:
+    """The fast path loaded for BPF_PROG_TEST_RUN, once per test module."""
+    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600)
+    yield fp
+    fp.ring.close()
+    fp.obj.close()
+
+
+@pytest.fixture
+def fp(loaded: FastPath) -> FastPath:
+    """The module's fast path with empty maps."""
+    loaded.reset()
+    return loaded
 
 
 @pytest.fixture

@@ -5,32 +5,17 @@ generation leaving as before is proved again in place; nothing else is touched, 
 never is. Then the ingress hooks: PROVING and old-generation entries pass."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from conftest import requires_root
 from fastpath import (CLIENT_MAC, HOOKS, L2_IN, L2_OUT, LO_IFINDEX, TC_ACT_UNSPEC, FastPath, Hook, flow_tuple,
-                      forwarded_frame, frame, load_fastpath, nat_tuple, skb_ctx)
+                      forwarded_frame, frame, nat_tuple, skb_ctx)
 from fw_ebpf import maps
 from fw_ebpf.maps import Counter, State
 
 pytestmark = requires_root
 LAN_IFINDEX = 7        # where the flow came in (any index: only "not the router itself" counts)
-
-
-@pytest.fixture(scope="module")
-def loaded(bpf_object: Path):
-    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600)
-    yield fp
-    fp.ring.close()
-    fp.obj.close()
-
-
-@pytest.fixture
-def fp(loaded: FastPath) -> FastPath:
-    loaded.reset()
-    return loaded
 
 
 def key_for(t: maps.Tuple) -> bytes:

@@ -21,20 +21,6 @@ pytestmark = requires_root
 FAR_FUTURE_NS = 1 << 62
 
 
-@pytest.fixture(scope="module")
-def loaded(bpf_object: Path):
-    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600)
-    yield fp
-    fp.ring.close()
-    fp.obj.close()
-
-
-@pytest.fixture
-def fp(loaded: FastPath) -> FastPath:
-    loaded.reset()
-    return loaded
-
-
 def key_for(l2_name: str, t: maps.Tuple) -> bytes:
     return maps.encode_key(LO_IFINDEX, t, **L2_IN[l2_name].key_fields())
 
