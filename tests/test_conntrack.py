@@ -678,8 +678,8 @@ def test_decoder_agrees_with_pyroute2_on_every_entry_and_event() -> None:
                 continue
             a = nl.attrs(m.data, 4)   # the kernel's tuples take the fixed-layout path
             layout = ctmod._LAYOUT[m.data[0]]
-            assert layout.unpack(a[ctmod.CTA_TUPLE_ORIG]) == ours.orig
-            assert layout.unpack(a[ctmod.CTA_TUPLE_REPLY]) == ours.reply
+            assert layout.unpack(a[ctmod.CTA_TUPLE_ORIG]) == ours.orig_id
+            assert layout.unpack(a[ctmod.CTA_TUPLE_REPLY]) == ours.reply_id
             seen["helper"] |= ours.helper == "ftp"
             seen["nat"] |= ours.nat
             seen["v6"] |= ours.orig.saddr.version == 6
