@@ -273,12 +273,12 @@ class Upkeep:
             self.tables.delete(key)
             return
         rec = self.book.add(key)
-        found = self.conntrack.lookup(rec.info.tuple)
+        found = self.conntrack.lookup(maps.key_tuple_id(key))
         if found is None or found[0].ineligible_reason() is not None:
             self.admission.evict(key, "re-adopt: no eligible conntrack entry")
             return
         entry, direction = found
-        conn, out = maps.tuple_id(entry.orig), maps.tuple_id(entry.egress(direction))
+        conn, out = entry.orig_id, entry.egress_id(direction)
         owner = self.book.leaving_as(out)
         if owner is not None and owner != rec:
             self.admission.evict(key, "re-adopt: another ingress carries this direction")
