@@ -125,7 +125,7 @@ class Admission:
             f.last_seen_ns = time.monotonic_ns()
         # packets the fast path counted meanwhile (an old generation's flow) are kept
         value = bytes(f) if first else raw[:_COUNTERS] + bytes(f)[_COUNTERS:]
-        self.tables.update(key, value)
+        self.tables.update_decided(key, value)
         rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
