@@ -385,7 +385,7 @@ class Daemon:
 
     def _on_conntrack(self) -> None:
         try:
-            events = self.ct_events.read()
+            events = self.ct_events.read(tuples_only=True)     # which connections changed
         except ctmod.EventsLost:
             log.warning("conntrack events lost: checking every flow against conntrack")
             self.admission.recheck_connections()
