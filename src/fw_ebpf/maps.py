@@ -287,13 +287,16 @@ def decode_key(raw: bytes) -> KeyInfo:
     return KeyInfo(ifindex, t, (vlan0, vlan1), pppoe_sid, dsa_port)
 
 
+_WORDS = {n: struct.Struct(f"!{n // 2}H") for n in (4, 8, 32)}   # ports, IPv4, IPv6 addresses
+
+
 def csum_diff(old: bytes, new: bytes) -> int:
     """Folded ones' complement sum of ~old + new over 16-bit big-endian words."""
     if len(old) != len(new) or len(old) % 2:
         raise ValueError("csum_diff needs two byte strings of the same even length")
-    total = 0
-    for (o,), (n,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new)):
-        total += (~o & 0xFFFF) + n
+    words = _WORDS.get(len(old)) or struct.Struct(f"!{len(old) // 2}H")
+    # sum of (~o & 0xFFFF) + n over the words
+    total = 0xFFFF * words.size // 2 - sum(words.unpack(old)) + sum(words.unpack(new))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
