@@ -327,7 +327,7 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        if self._new_flows:
+        if self._new_flows or self._ring_read:
             return 0.0
         deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
                        self.tables.next_beat_ns / 1e9)
