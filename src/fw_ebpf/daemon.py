@@ -47,8 +47,9 @@ NFT_INCLUDE_DIR = "/etc/nftables.d"
 UNTAGGED_FALLBACK = 64
 # heartbeats written per heartbeat_timeout, busy or not
 HEARTBEATS = 4
-# new flows admitted per turn of the loop, and how many may wait read; the rest wait in the
-# ring (what a full ring loses, the sweep finds in the tables)
+# new flows admitted per turn of the loop, and how many may wait read; the ring is always read
+# (a PROVED event lost to a full ring costs a flow its offload until the sweep finds it), new
+# flows past the backlog are left in the pending tables, taken up once it is done (catch_up)
 RING_SLICE = 1024
 RING_BACKLOG = 16384
 # new flows admitted at once (one batch of conntrack lookups); the ring is read between two,
@@ -84,6 +85,7 @@ class Daemon:
         self._new_flows: collections.deque[bytes] = collections.deque()   # keys, to admit
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
+        self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
         self.fw4 = Fw4Keeper(self._read_model, self._make_policy)
@@ -309,7 +311,7 @@ class Daemon:
                 self._drain_ring()
                 self.tables.beat()
                 self.admission.run_retries()
-                if time.monotonic() >= self._next_catch_up:
+                if not self._new_flows and time.monotonic() >= self._next_catch_up:
                     self._catch_up()
                 if time.monotonic() >= self.fw4.retry_at:
                     self._fw4_tick()
@@ -345,10 +347,8 @@ class Daemon:
         self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
     def _read_ring(self) -> None:
-        """What the ring holds, into memory (a full ring loses events), while fewer than
-        RING_BACKLOG wait."""
-        if len(self._new_flows) + len(self._ring_read) < RING_BACKLOG:
-            self.ring.consume()
+        """What the ring holds, into memory (a full ring loses events)."""
+        self.ring.consume()
 
     def _drain_ring(self) -> None:
         """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
@@ -359,7 +359,10 @@ class Daemon:
         for raw in read:
             kind, key = maps.split_event(raw)
             if kind == maps.EventType.NEW:
-                self._new_flows.append(key)
+                if len(self._new_flows) < RING_BACKLOG:
+                    self._new_flows.append(key)
+                else:
+                    self._left_pending += 1
                 continue
             self.tables.beat()
             if kind == maps.EventType.PROVED:
@@ -374,14 +377,16 @@ class Daemon:
             self._read_ring()
 
     def _catch_up(self) -> None:
-        """Flows whose NEW event the fast path shed or lost join the new ones."""
+        """Flows whose NEW event the fast path shed or lost, or the backlog passed over, join
+        the new ones once the backlog is done."""
         self._next_catch_up = time.monotonic() + CATCH_UP_INTERVAL
         counters = self.stats()
         waiting = set(self._new_flows)
         waiting.update(key for kind, key in map(maps.split_event, self._ring_read)
                        if kind == maps.EventType.NEW)
         self._new_flows.extend(self.upkeep.catch_up(
-            counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST], waiting))
+            counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST]
+            + self._left_pending, waiting))
 
     def _on_conntrack(self) -> None:
         try:
