@@ -330,6 +330,7 @@ def test_tuples_in_another_layout_decode_as_pyroute2_does(family: int) -> None:
     assert ctmod._LAYOUT[af].unpack(nl.attrs(m.data, 4)[ctmod.CTA_TUPLE_ORIG]) is None
     ours = ctmod.decode_entry(m.data)
     assert ours is not None and ours == ct_decode(raw)
+    assert ctmod.decode_tuples(m.data) == CtEntry(ours.orig_id, ours.reply_id)
     assert ours.orig == Tuple(TCP, A(a["client"]), A(a["server"]), 40000, 80)
     assert (ours.zone, ours.mark, ours.timeout, ours.id) == (3, 0x42, 120, 99)
 
@@ -674,12 +675,16 @@ def test_decoder_agrees_with_pyroute2_on_every_entry_and_event() -> None:
         for m in dumped + events:
             ours, ref = ctmod.decode_entry(m.data), ct_decode(_whole(m))
             assert ours == ref, (m, ours, ref)
+            tuples = ctmod.decode_tuples(m.data)    # what the daemon reads of an event
+            assert (tuples is None) == (ours is None)
             if ours is None:
                 continue
+            assert tuples is not None
+            assert (tuples.orig_id, tuples.reply_id) == (ours.orig_id, ours.reply_id)
             a = nl.attrs(m.data, 4)   # the kernel's tuples take the fixed-layout path
             layout = ctmod._LAYOUT[m.data[0]]
-            assert layout.unpack(a[ctmod.CTA_TUPLE_ORIG]) == ours.orig
-            assert layout.unpack(a[ctmod.CTA_TUPLE_REPLY]) == ours.reply
+            assert layout.unpack(a[ctmod.CTA_TUPLE_ORIG]) == ours.orig_id
+            assert layout.unpack(a[ctmod.CTA_TUPLE_REPLY]) == ours.reply_id
             seen["helper"] |= ours.helper == "ftp"
             seen["nat"] |= ours.nat
             seen["v6"] |= ours.orig.saddr.version == 6

@@ -29,7 +29,7 @@ from fw_ebpf.conntrack import Conntrack, CtEntry, CtEvent, Direction
 from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.links import Links, NoL3Input
-from fw_ebpf.maps import State, Tuple
+from fw_ebpf.maps import State
 from fw_ebpf.policy import Policy, Query, Verdict
 
 log = logging.getLogger("fw_ebpf.admission")
@@ -42,6 +42,7 @@ DROP_TTL_NS = 30 * 10**9
 FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
+RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
 _COUNTERS = 24      # packets and bytes lead a flow value (maps.FLOW_HEAD)
 _L4PROTO = maps.Key4.l4proto.offset
 
@@ -49,10 +50,6 @@ Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC 
 # ifindex, DSA port -> the L3 MTU of what leaves there (a conduit: its user port's)
 EgressMtu = Callable[[int, int], int]
 DSA_PORT_MASK = 0x7F    # the port number in an l2.dsa_port (bit 7: a tag's own flag)
-
-
-def reverse(t: Tuple) -> Tuple:
-    return Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
 
 
 def drop_ttl_ns(until: float, now: float) -> int:
@@ -128,7 +125,7 @@ class Admission:
             f.last_seen_ns = time.monotonic_ns()
         # packets the fast path counted meanwhile (an old generation's flow) are kept
         value = bytes(f) if first else raw[:_COUNTERS] + bytes(f)[_COUNTERS:]
-        self.tables.update(key, value)
+        self.tables.update_decided(key, value)
         rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
@@ -142,7 +139,7 @@ class Admission:
                 sum(r.state == State.FORWARD for r in self.book.of_connection(conn)) == 1:
             # the first direction the fast path carries: ACKs the stack saw meanwhile set
             # MAXACK, and that breaks conntrack's check of the closing RST
-            self.conntrack.set_liberal(maps.decode_key(conn).tuple)
+            self.conntrack.set_liberal(conn)
         self._pair(rec, f)
 
     # -- deciding a PENDING flow ------------------------------------------------------------
@@ -152,7 +149,7 @@ class Admission:
         recs = [r for r in recs if r.state == State.PENDING]
         if not recs:
             return
-        found = self.conntrack.lookup_many([r.info.tuple for r in recs])
+        found = self.conntrack.lookup_many([maps.key_tuple_id(r.key) for r in recs])
         for rec, answer in zip(recs, found):
             self.tables.beat()
             if self.book.get(rec.key) != rec or rec.state != State.PENDING:
@@ -173,24 +170,25 @@ class Admission:
             if why.startswith(FINAL_REASONS):
                 self.write_verdict(rec, State.PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
-        conn = maps.tuple_id(entry.orig)
+        conn = entry.orig_id
         new_connection = conn not in self.ct_expiry
-        if new_connection and entry.orig.l4proto == socket.IPPROTO_TCP:
+        if new_connection and entry.l4proto == socket.IPPROTO_TCP:
             # before any of it is carried: while one direction is offloaded, the other's
             # packets reach conntrack acking data it never saw; without this they are INVALID
             # and fw4's forward chain answers them with a reset
-            self.conntrack.set_liberal(entry.orig)
-        if not self._prove(rec, conn, direction.value, rec.info.tuple, entry.egress(direction)):
+            self.conntrack.set_liberal(conn)
+        if not self._prove(rec, conn, direction.value, maps.key_tuple_id(rec.key),
+                           entry.egress_id(direction)):
             return
         if new_connection:
             self.ct_expiry[conn] = time.monotonic() + entry.timeout
         if rec.first_ns:
             self.proving_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
 
-    def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: Tuple,
-               egress: Tuple) -> bool:
-        """Makes a flow PROVING: the kernel's next forwarded packet of it is the proof."""
-        out = maps.tuple_id(egress)
+    def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: bytes,
+               out: bytes) -> bool:
+        """Makes a flow PROVING: the kernel's next forwarded packet of it is the proof.
+        ingress, out: the tuples (tuple_id) it arrives and leaves with."""
         other = self.book.leaving_as(out)
         if other is not None and other.key != rec.key:
             self.write_verdict(rec, State.PASS, "this direction of the connection already "
@@ -201,7 +199,7 @@ class Admission:
         except OSError as e:    # as large as the flow table, which a burst can outrun
             self.write_verdict(rec, State.PASS, f"egress index full ({e.strerror})")
             return False
-        self.tables.update(rec.key, maps.encode_proving(ingress, egress))
+        self.tables.update(rec.key, maps.encode_proving(ingress, out))
         self.book.bind(rec, conn, direction, out)
         rec.state, rec.reason, rec.since = State.PROVING, PROVING_REASON, time.monotonic()
         self.tables.set_proving(True)
@@ -213,19 +211,18 @@ class Admission:
         elsewhere, its own first packet asks for it like any other flow's."""
         if rec.conn is None or rec.egress is None:
             return
-        egress = maps.decode_key(rec.egress).tuple
-        ingress = rec.info.tuple
+        back = maps.reverse_id(rec.egress)
         vids = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]] + [0, 0]
         port = f.l2.dsa_port
-        key = maps.encode_key(f.oif, reverse(egress), vlan=(vids[0], vids[1]),
-                              pppoe_sid=f.l2.pppoe_sid,
-                              dsa_port=port if port == maps.NO_DSA_PORT else port & DSA_PORT_MASK)
+        key = maps.id_key(f.oif, back, vlan=(vids[0], vids[1]), pppoe_sid=f.l2.pppoe_sid,
+                          dsa_port=port if port == maps.NO_DSA_PORT else port & DSA_PORT_MASK)
         if key == rec.key or self._hooks(f.oif) == (None, False):
             return
         other = self.book.add(key)
         if other.state == State.PENDING:
             other.first_ns = other.first_ns or time.monotonic_ns()
-            self._prove(other, rec.conn, 1 - rec.direction, reverse(egress), reverse(ingress))
+            self._prove(other, rec.conn, 1 - rec.direction, back,
+                        maps.reverse_id(maps.key_tuple_id(rec.key)))
 
     # -- no connection: what the firewall did with it ---------------------------------------
 
@@ -291,33 +288,39 @@ class Admission:
             self.tables.beat()
             if ev.entry is None:
                 continue
-            conn = maps.tuple_id(ev.entry.orig)
+            conn = ev.entry.orig_id
             if ev.kind == "destroy":
                 self.evict_connection(conn, "conntrack destroy")
                 continue
-            for rec in self.book.waiting_for(conn, maps.tuple_id(ev.entry.reply)) + \
+            for rec in self.book.waiting_for(conn, ev.entry.reply_id) + \
                     self.book.of_connection(conn):
                 if rec.state == State.PENDING:
                     pending[rec.key] = rec
         self.admit(list(pending.values()))
 
     def recheck_connections(self) -> None:
-        """After lost conntrack events: every record against what conntrack holds now."""
-        for rec in list(self.book.records.values()):
-            self.tables.beat()
-            if rec.key not in self.book:
-                continue
-            found = self.conntrack.lookup(rec.info.tuple)
-            if found is None:
-                if rec.conn is not None:
-                    self.evict_connection(rec.conn, "conntrack entry gone")
-                else:
-                    self.evict(rec.key, "no conntrack entry")
-            elif rec.state == State.PENDING:
-                self.decide(rec, *found)
-            elif found[0].ineligible_reason() is not None:
-                self.evict_connection(maps.tuple_id(found[0].orig),
-                                      found[0].ineligible_reason() or "")
+        """After lost conntrack events: every record against what conntrack holds now, asked
+        in batches."""
+        keys = list(self.book.records)
+        for i in range(0, len(keys), RECHECK_BATCH):
+            chunk = [key for key in keys[i:i + RECHECK_BATCH] if key in self.book]
+            answers = self.conntrack.lookup_many([maps.key_tuple_id(key) for key in chunk])
+            for key, found in zip(chunk, answers):
+                self.tables.beat()
+                rec = self.book.get(key)
+                if rec is not None:     # else evicted with its connection meanwhile
+                    self._recheck(rec, found)
+
+    def _recheck(self, rec: FlowRecord, found: tuple[CtEntry, Direction] | None) -> None:
+        if found is None:
+            if rec.conn is not None:
+                self.evict_connection(rec.conn, "conntrack entry gone")
+            else:
+                self.evict(rec.key, "no conntrack entry")
+        elif rec.state == State.PENDING:
+            self.decide(rec, *found)
+        elif found[0].ineligible_reason() is not None:
+            self.evict_connection(found[0].orig_id, found[0].ineligible_reason() or "")
 
     # -- verdicts and eviction ----------------------------------------------------------------
 

@@ -15,14 +15,11 @@ import errno
 import logging
 import socket
 import struct
-from dataclasses import dataclass
-from functools import lru_cache
-from ipaddress import IPv4Address, IPv6Address
-from typing import Callable, Iterable, Iterator, Literal, Sequence
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple, Sequence
 
+from fw_ebpf import maps
 from fw_ebpf import netlink as nl
-from fw_ebpf.maps import IPAddress as Address
-from fw_ebpf.maps import Tuple
+from fw_ebpf.maps import Tuple, as_id, id_tuple, reverse_id
 from fw_ebpf.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 
 log = logging.getLogger(__name__)
@@ -113,43 +110,74 @@ class Direction(enum.Enum):
     REPLY = 1
 
 
-def _reverse(t: Tuple) -> Tuple:
-    return Tuple(t.l4proto, t.daddr, t.saddr, t.dport, t.sport)
+TupleLike = Tuple | bytes    # a Tuple, or packed as a maps.tuple_id (what the daemon keeps)
 
 
-@dataclass(frozen=True)
 class CtEntry:
-    """One conntrack entry; fields the kernel left out (DESTROY events) hold neutral values."""
+    """One conntrack entry; fields the kernel left out (DESTROY events) hold neutral values.
 
-    orig: Tuple
-    reply: Tuple
-    status: int = 0
-    tcp_state: int | None = None
-    timeout: int = 0
-    mark: int = 0
-    zone: int = 0
-    id: int = 0
-    helper: str | None = None
-    seq_adjust: bool = False
-    packets: tuple[int, int] = (0, 0)
-    bytes: tuple[int, int] = (0, 0)
+    Its tuples are kept packed (orig_id, reply_id: maps.tuple_id), as the daemon uses them;
+    orig and reply build Tuples of them when asked (to show them)."""
+
+    __slots__ = ("orig_id", "reply_id", "status", "tcp_state", "timeout", "mark", "zone", "id",
+                 "helper", "seq_adjust", "packets", "bytes")
+
+    def __init__(self, orig: TupleLike, reply: TupleLike, status: int = 0,
+                 tcp_state: int | None = None, timeout: int = 0, mark: int = 0, zone: int = 0,
+                 id: int = 0, helper: str | None = None, seq_adjust: bool = False,
+                 packets: tuple[int, int] = (0, 0), bytes: tuple[int, int] = (0, 0)) -> None:
+        self.orig_id, self.reply_id = as_id(orig), as_id(reply)
+        self.status, self.tcp_state, self.timeout = status, tcp_state, timeout
+        self.mark, self.zone, self.id, self.helper = mark, zone, id, helper
+        self.seq_adjust, self.packets, self.bytes = seq_adjust, packets, bytes
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CtEntry) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (f"CtEntry(orig={self.orig}, reply={self.reply}, status={self.status:#x}, "
+                f"tcp_state={self.tcp_state}, timeout={self.timeout}, helper={self.helper})")
+
+    @property
+    def orig(self) -> Tuple:
+        return id_tuple(self.orig_id)
+
+    @property
+    def reply(self) -> Tuple:
+        return id_tuple(self.reply_id)
+
+    @property
+    def l4proto(self) -> int:
+        return maps.id_l4proto(self.orig_id)
 
     @property
     def nat(self) -> bool:
-        return self.orig != _reverse(self.reply)
+        return self.orig_id != reverse_id(self.reply_id)
+
+    def ingress_id(self, direction: Direction) -> bytes:
+        """The tuple a packet of this direction carries when it reaches the router."""
+        return self.orig_id if direction is Direction.ORIGINAL else self.reply_id
+
+    def egress_id(self, direction: Direction) -> bytes:
+        """The tuple a packet of this direction carries when it leaves, after NAT."""
+        return reverse_id(self.reply_id if direction is Direction.ORIGINAL else self.orig_id)
 
     def ingress(self, direction: Direction) -> Tuple:
-        """The tuple a packet of this direction carries when it reaches the router."""
-        return self.orig if direction is Direction.ORIGINAL else self.reply
+        return id_tuple(self.ingress_id(direction))
 
     def egress(self, direction: Direction) -> Tuple:
-        """The tuple a packet of this direction carries when it leaves, after NAT."""
-        return _reverse(self.reply if direction is Direction.ORIGINAL else self.orig)
+        return id_tuple(self.egress_id(direction))
 
     @property
     def closing(self) -> bool:
         """Past ESTABLISHED (FIN, RST seen) or on its way out: it never becomes eligible."""
-        return bool(self.status & IPS_DYING) or (self.orig.l4proto == IPPROTO_TCP and
+        return bool(self.status & IPS_DYING) or (self.l4proto == IPPROTO_TCP and
                                                    (self.tcp_state or 0) > TCP_CONNTRACK_ESTABLISHED)
 
     def ineligible_reason(self) -> str | None:
@@ -166,24 +194,24 @@ class CtEntry:
             return "helper"
         if self.seq_adjust or self.status & IPS_SEQ_ADJUST:
             return "seq adjust"
-        if self.orig.l4proto == IPPROTO_TCP:
+        l4proto = self.l4proto
+        if l4proto == IPPROTO_TCP:
             if self.tcp_state != TCP_CONNTRACK_ESTABLISHED:
                 return "tcp not established"
             if not self.status & IPS_ASSURED:
                 return "not assured"
-        elif self.orig.l4proto != IPPROTO_UDP:
+        elif l4proto != IPPROTO_UDP:
             return "not tcp/udp"
         return None
 
 
-@dataclass(frozen=True)
-class CtEvent:
+class CtEvent(NamedTuple):
     kind: Literal["new", "update", "destroy"]
     entry: CtEntry
 
 
-def _family(t: Tuple) -> int:
-    return socket.AF_INET if t.saddr.version == 4 else socket.AF_INET6
+def _family(tid: bytes) -> int:
+    return socket.AF_INET if len(tid) == maps.KEY4_LEN else socket.AF_INET6
 
 
 # ---------------------------------------------------------------------------- tuples
@@ -191,53 +219,56 @@ def _family(t: Tuple) -> int:
 class _TupleLayout:
     """A CTA_TUPLE_* payload of one address family in the order the kernel writes it
     (ctnetlink_dump_tuples): the IP nest with source then destination, the proto nest with
-    number, source port, destination port. Packed and unpacked whole, that is ~3x faster than
-    walking the attributes; a tuple laid out otherwise (e.g. with a zone) takes the walk."""
+    number, source port, destination port. Packed and unpacked whole, straight from and to a
+    maps.tuple_id, that is ~3x faster than walking the attributes; a tuple laid out otherwise
+    (e.g. with a zone) takes the walk."""
 
     def __init__(self, alen: int, src: int, dst: int) -> None:
         ip_len = 4 + 2 * (4 + alen)
         self.size = ip_len + 28
+        self.alen, self.src, self.dst = alen, src, dst
         proto = "HHB3xHH2s2xHH2s2x"
         self.full = struct.Struct(f"=HHHH{alen}sHH{alen}sHH{proto}")
         self.values = struct.Struct(f"=8x{alen}s4x{alen}s8xB7x2s6x2s2x")
         self.headers = struct.Struct(f"=HHHH{alen}xHH{alen}xHHHH4xHH4xHH4x")
+        # a tuple_id: device fields (zero), l4proto, sport, dport, saddr, daddr
+        self.ids = struct.Struct(f"=11xB2s2s{alen}s{alen}s")
         # the headers as the kernel writes them, nests with or without NLA_F_NESTED
         self.expect = {(ip_len, CTA_TUPLE_IP | flag, 4 + alen, src, 4 + alen, dst,
                         28, CTA_TUPLE_PROTO | flag, 5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT,
                         6, CTA_PROTO_DST_PORT) for flag in (0, nl.NLA_F_NESTED)}
         self.head_args = (ip_len, CTA_TUPLE_IP, 4 + alen, src)
         self.dst_args = (4 + alen, dst, 28, CTA_TUPLE_PROTO, 5, CTA_PROTO_NUM)
-        cls: Callable[[bytes], Address] = IPv4Address if alen == 4 else IPv6Address
-        self.address = lru_cache(maxsize=4096)(cls)
 
-    def pack(self, t: Tuple) -> bytes:
-        return self.full.pack(*self.head_args, t.saddr.packed, *self.dst_args[:2],
-                              t.daddr.packed, *self.dst_args[2:], t.l4proto, 6,
-                              CTA_PROTO_SRC_PORT, t.sport.to_bytes(2, "big"), 6,
-                              CTA_PROTO_DST_PORT, t.dport.to_bytes(2, "big"))
+    def pack(self, tid: bytes) -> bytes:
+        num, sport, dport, saddr, daddr = self.ids.unpack(tid)
+        return self.full.pack(*self.head_args, saddr, *self.dst_args[:2], daddr,
+                              *self.dst_args[2:], num, 6, CTA_PROTO_SRC_PORT, sport, 6,
+                              CTA_PROTO_DST_PORT, dport)
 
-    def unpack(self, data: bytes) -> Tuple | None:
-        """The tuple if data is laid out as expected, else None (take the attribute walk)."""
+    def unpack(self, data: bytes) -> bytes | None:
+        """The tuple_id if data is laid out as expected, else None (take the attribute walk)."""
         if len(data) != self.size or self.headers.unpack_from(data) not in self.expect:
             return None
         saddr, daddr, num, sport, dport = self.values.unpack_from(data)
         if num not in _L4:
             return None
-        return Tuple(num, self.address(saddr), self.address(daddr), int.from_bytes(sport, "big"),
-                     int.from_bytes(dport, "big"))
+        return self.ids.pack(num, sport, dport, saddr, daddr)
 
 
 _LAYOUT: dict[int, _TupleLayout] = {socket.AF_INET: _TupleLayout(4, CTA_IP_V4_SRC, CTA_IP_V4_DST),
            socket.AF_INET6: _TupleLayout(16, CTA_IP_V6_SRC, CTA_IP_V6_DST)}
 
 
-def tuple_nla(t: Tuple, kind: int = CTA_TUPLE_ORIG) -> bytes:
+def tuple_nla(t: TupleLike, kind: int = CTA_TUPLE_ORIG) -> bytes:
     """A CTA_TUPLE_ORIG / _REPLY attribute for t."""
-    payload = _LAYOUT[_family(t)].pack(t)
+    tid = as_id(t)
+    payload = _LAYOUT[_family(tid)].pack(tid)
     return struct.pack("=HH", 4 + len(payload), kind) + payload
 
 
-def _decode_tuple(family: int, data: bytes | None) -> Tuple | None:
+def _decode_tuple(family: int, data: bytes | None) -> bytes | None:
+    """The tuple_id of a CTA_TUPLE_* payload; None if it is not a TCP/UDP tuple."""
     if data is None:
         return None
     layout = _LAYOUT[family]
@@ -253,23 +284,25 @@ def _decode_tuple(family: int, data: bytes | None) -> Tuple | None:
     if not num or num[0] not in _L4 or sport is None or dport is None:
         return None
     a = nl.attrs(ip)
-    src, dst = (CTA_IP_V4_SRC, CTA_IP_V4_DST) if family == socket.AF_INET else \
-        (CTA_IP_V6_SRC, CTA_IP_V6_DST)
-    saddr, daddr = a.get(src), a.get(dst)
-    if saddr is None or daddr is None:
+    saddr, daddr = a.get(layout.src), a.get(layout.dst)
+    if saddr is None or daddr is None or len(saddr) != layout.alen or \
+            len(daddr) != layout.alen or len(sport) != 2 or len(dport) != 2:
         return None
-    return Tuple(num[0], layout.address(saddr), layout.address(daddr),
-                 int.from_bytes(sport, "big"), int.from_bytes(dport, "big"))
+    return layout.ids.pack(num[0], sport, dport, saddr, daddr)
 
 
 # ---------------------------------------------------------------------------- encoding
 
-def _body(t: Tuple, attrs: bytes = b"") -> bytes:
+_NFGENMSG = {family: struct.pack("=BBH", family, 0, 0) for family in _LAYOUT}
+
+
+def _body(t: TupleLike, attrs: bytes = b"") -> bytes:
     """nfgenmsg (family, version 0, res_id 0) + the original tuple + attrs."""
-    return struct.pack("=BBH", _family(t), 0, 0) + tuple_nla(t) + attrs
+    tid = as_id(t)
+    return _NFGENMSG[_family(tid)] + tuple_nla(tid) + attrs
 
 
-def encode_refresh(seq: int, flags: int, t: Tuple, timeout: int) -> bytes:
+def encode_refresh(seq: int, flags: int, t: TupleLike, timeout: int) -> bytes:
     """CT_NEW(orig tuple, timeout) without NLM_F_CREATE: an update of an existing entry."""
     return nl.message(_CT_NEW, flags, seq, _body(t, nl.attr(CTA_TIMEOUT, nl.be32(timeout))))
 
@@ -285,7 +318,7 @@ def _liberal_attrs() -> bytes:
 _LIBERAL = _liberal_attrs()
 
 
-def encode_liberal(seq: int, flags: int, t: Tuple) -> bytes:
+def encode_liberal(seq: int, flags: int, t: TupleLike) -> bytes:
     """CT_NEW(orig tuple, TCP flags BE_LIBERAL in both directions), as nft flow offload does.
 
     Packets the fast path carries never reach conntrack, so its TCP window goes stale: the
@@ -298,9 +331,17 @@ def encode_liberal(seq: int, flags: int, t: Tuple) -> bytes:
 
 # ---------------------------------------------------------------------------- entries
 
+_COUNTERS64 = struct.Struct("=HH8sHH8s")
+_COUNTERS64_HEADERS = (12, CTA_COUNTERS_PACKETS, 12, CTA_COUNTERS_BYTES)
+
+
 def _counters(data: bytes | None) -> tuple[int, int]:
     if data is None:
         return 0, 0
+    if len(data) == _COUNTERS64.size:   # as the kernel writes them: be64 packets, be64 bytes
+        lp, tp, packets, lb, tb, octets = _COUNTERS64.unpack(data)
+        if (lp, tp & nl.NLA_TYPE_MASK, lb, tb & nl.NLA_TYPE_MASK) == _COUNTERS64_HEADERS:
+            return int.from_bytes(packets, "big"), int.from_bytes(octets, "big")
     c = nl.attrs(data)
     packets = c.get(CTA_COUNTERS_PACKETS, c.get(CTA_COUNTERS32_PACKETS))
     octets = c.get(CTA_COUNTERS_BYTES, c.get(CTA_COUNTERS32_BYTES))
@@ -330,22 +371,46 @@ def decode_entry(data: bytes) -> CtEntry | None:
     packets_orig, bytes_orig = _counters(a.get(CTA_COUNTERS_ORIG))
     packets_reply, bytes_reply = _counters(a.get(CTA_COUNTERS_REPLY))
     return CtEntry(
-        orig=orig, reply=reply, status=status, tcp_state=tcp_state,
-        timeout=nl.get_be(a.get(CTA_TIMEOUT)), mark=nl.get_be(a.get(CTA_MARK)),
-        zone=nl.get_be(a.get(CTA_ZONE)), id=nl.get_be(a.get(CTA_ID)),
-        helper=(nl.get_str(nl.attrs(helper).get(CTA_HELP_NAME)) or None) if helper else None,
-        seq_adjust=bool(status & IPS_SEQ_ADJUST) or CTA_SEQ_ADJ_ORIG in a
-        or CTA_SEQ_ADJ_REPLY in a,
-        packets=(packets_orig, packets_reply), bytes=(bytes_orig, bytes_reply),
-    )
+        orig, reply, status, tcp_state, nl.get_be(a.get(CTA_TIMEOUT)),
+        nl.get_be(a.get(CTA_MARK)), nl.get_be(a.get(CTA_ZONE)), nl.get_be(a.get(CTA_ID)),
+        (nl.get_str(nl.attrs(helper).get(CTA_HELP_NAME)) or None) if helper else None,
+        bool(status & IPS_SEQ_ADJUST) or CTA_SEQ_ADJ_ORIG in a or CTA_SEQ_ADJ_REPLY in a,
+        (packets_orig, packets_reply), (bytes_orig, bytes_reply))
 
 
-def _direction(entry: CtEntry | None, t: Tuple) -> tuple[CtEntry, Direction] | None:
+_NLA = struct.Struct("=HH")
+
+
+def decode_tuples(data: bytes) -> CtEntry | None:
+    """decode_entry() of the tuples alone (every other field neutral), for events whose
+    reader only needs to know which connection changed: the attributes are read only up to
+    the two tuples, which the kernel writes first."""
+    family = data[0] if data else 0
+    if family not in _LAYOUT:
+        return None
+    orig = reply = None
+    offset, end = 4, len(data)
+    while offset + 4 <= end and (orig is None or reply is None):
+        length, kind = _NLA.unpack_from(data, offset)
+        if length < 4 or offset + length > end:
+            break
+        kind &= nl.NLA_TYPE_MASK
+        if kind == CTA_TUPLE_ORIG:
+            orig = _decode_tuple(family, data[offset + 4:offset + length])
+        elif kind == CTA_TUPLE_REPLY:
+            reply = _decode_tuple(family, data[offset + 4:offset + length])
+        offset += (length + 3) & ~3
+    if orig is None or reply is None:
+        return None
+    return CtEntry(orig, reply)
+
+
+def _direction(entry: CtEntry | None, tid: bytes) -> tuple[CtEntry, Direction] | None:
     if entry is None:
         return None
-    if t == entry.orig:
+    if tid == entry.orig_id:
         return entry, Direction.ORIGINAL
-    if t == entry.reply:
+    if tid == entry.reply_id:
         return entry, Direction.REPLY
     return None
 
@@ -378,7 +443,7 @@ class Conntrack(nl.Owner):
         self._refresh_batch = max(16, min(REFRESH_BATCH, rcvbuf // _ERROR_TRUESIZE))
         self._lookup_batch = max(16, min(LOOKUP_BATCH, rcvbuf // _ANSWER_TRUESIZE))
 
-    def get(self, orig: Tuple) -> CtEntry | None:
+    def get(self, orig: TupleLike) -> CtEntry | None:
         """The entry with this original tuple (the kernel also matches it as a reply tuple)."""
         try:
             answers = self._sock.request(_CT_GET, _body(orig), "get", "get")
@@ -388,21 +453,21 @@ class Conntrack(nl.Owner):
             raise
         return decode_entry(answers[0].data) if answers else None
 
-    def lookup(self, t: Tuple) -> tuple[CtEntry, Direction] | None:
+    def lookup(self, t: TupleLike) -> tuple[CtEntry, Direction] | None:
         """The entry a packet with tuple t belongs to, and which direction t is.
 
         One GET is enough: the kernel looks the tuple up in its hash, which holds both the
         original and the reply tuple of every entry, so a reply tuple finds its entry too.
         """
-        return _direction(self.get(t), t)
+        tid = as_id(t)
+        return _direction(self.get(tid), tid)
 
-    def lookup_many(self, tuples: Sequence[Tuple]) -> list[tuple[CtEntry, Direction] | None]:
+    def lookup_many(self, tuples: Sequence[TupleLike]) -> list[tuple[CtEntry, Direction] | None]:
         """lookup() of each tuple, in order: the GETs go out in batches, then all answers are
-        read. A list, not a dict: hashing a Tuple (its ipaddress objects) costs more than
-        decoding its answer."""
+        read."""
         found: list[tuple[CtEntry, Direction] | None] = []
         for i in range(0, len(tuples), self._lookup_batch):
-            chunk = tuples[i:i + self._lookup_batch]
+            chunk = [as_id(t) for t in tuples[i:i + self._lookup_batch]]
             answers = self._sock.batch([(_CT_GET, 0, _body(t)) for t in chunk], "lookup")
             for t, m in zip(chunk, answers):
                 if m.type != NLMSG_ERROR:
@@ -413,7 +478,7 @@ class Conntrack(nl.Owner):
                     raise self._sock.error(m.error or errno.EPROTO, "lookup", m.text)
         return found
 
-    def delete(self, orig: Tuple) -> bool:
+    def delete(self, orig: TupleLike) -> bool:
         """Remove the entry with this original tuple; False when there was none."""
         try:
             self._sock.request(_CT_DELETE, _body(orig), "delete")
@@ -435,7 +500,8 @@ class Conntrack(nl.Owner):
         finally:
             answers.close()   # a caller that stops early must not leave the dump queued
 
-    def refresh(self, entries: Iterable[Tuple], timeout: int | Callable[[Tuple], int]) -> int:
+    def refresh(self, entries: Iterable[TupleLike],
+                timeout: int | Callable[[TupleLike], int]) -> int:
         """Set the timeout (seconds) of the entries with these original tuples.
 
         Requests go up to REFRESH_BATCH to a sendmsg; only the last of a batch asks for an ack, so
@@ -448,7 +514,7 @@ class Conntrack(nl.Owner):
         else:
             fixed = timeout
             timeout_of = lambda _t: fixed   # noqa: E731
-        batch: list[Tuple] = []
+        batch: list[TupleLike] = []
         done = 0
         for t in entries:
             batch.append(t)
@@ -459,7 +525,7 @@ class Conntrack(nl.Owner):
             done += self._refresh(batch, timeout_of)
         return done
 
-    def _refresh(self, batch: list[Tuple], timeout_of: Callable[[Tuple], int]) -> int:
+    def _refresh(self, batch: list[TupleLike], timeout_of: Callable[[TupleLike], int]) -> int:
         n = len(batch)
         first = self._sock.next_seq(n)
         self._sock.send(b"".join(
@@ -481,7 +547,7 @@ class Conntrack(nl.Owner):
                 if i == n - 1:
                     return n - failed
 
-    def set_liberal(self, orig: Tuple) -> bool:
+    def set_liberal(self, orig: TupleLike) -> bool:
         """Stop TCP window checks on an entry the fast path is about to carry."""
         try:
             self._sock.request(_CT_NEW, _body(orig, _LIBERAL), "set liberal")
@@ -491,12 +557,12 @@ class Conntrack(nl.Owner):
             raise
         return True
 
-    def restore_closing(self, origs: Sequence[Tuple]) -> int:
+    def restore_closing(self, origs: Sequence[TupleLike]) -> int:
         """After a refresh: each of these TCP entries that is closing gets its state's timeout
         back. A refresh that lands after conntrack saw the FIN or RST wrote the established
         timeout on a closed connection (hours on OpenWrt); one that lands before it is
         overwritten by conntrack itself. Returns how many entries were set back."""
-        due: dict[int, list[Tuple]] = {}
+        due: dict[int, list[TupleLike]] = {}
         for t, found in zip(origs, self.lookup_many(origs)):
             name = _CLOSING_STATES.get(found[0].tcp_state or 0) if found else None
             if name is not None:
@@ -539,13 +605,15 @@ class ConntrackEvents(nl.Owner):
                  rcvbuf: int = _EVENTS_RCVBUF) -> None:
         self._sock = _Socket([_KINDS[kind] for kind in kinds], rcvbuf, blocking=False)
 
-    def read(self, max_events: int = 4096) -> list[CtEvent]:
+    def read(self, max_events: int = 4096, tuples_only: bool = False) -> list[CtEvent]:
         """The events queued now (up to about max_events); raises EventsLost after an overrun.
+        tuples_only: their entries hold the tuples alone (decode_tuples), which is cheaper.
 
         Some events are gone then: the caller must resync from a dump. What was still queued
         is dropped before raising, so later reads only bring events newer than that dump.
         """
         events: list[CtEvent] = []
+        decode = decode_tuples if tuples_only else decode_entry
         while len(events) < max_events:
             try:
                 msgs = self._sock.recv()
@@ -562,7 +630,7 @@ class ConntrackEvents(nl.Owner):
                     kind = "new" if m.flags & (NLM_F_CREATE | NLM_F_EXCL) else "update"
                 else:
                     continue
-                entry = decode_entry(m.data)
+                entry = decode(m.data)
                 if entry is not None:
                     events.append(CtEvent(kind, entry))
         return events

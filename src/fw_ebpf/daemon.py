@@ -47,10 +47,16 @@ NFT_INCLUDE_DIR = "/etc/nftables.d"
 UNTAGGED_FALLBACK = 64
 # heartbeats written per heartbeat_timeout, busy or not
 HEARTBEATS = 4
-# new flows admitted per turn of the loop, and how many may wait read; the rest wait in the
-# ring (what a full ring loses, the sweep finds in the tables)
+# new flows admitted per turn of the loop, and how many may wait read; the ring is always read
+# (a PROVED event lost to a full ring costs a flow its offload until the sweep finds it), new
+# flows past the backlog are left in the pending tables, taken up once it is done (catch_up)
 RING_SLICE = 1024
 RING_BACKLOG = 16384
+# new flows admitted at once (one batch of conntrack lookups); the ring is read between two,
+# so it does not fill while a slice is admitted
+ADMIT_CHUNK = 256
+# how often the fast path's counts of shed and lost NEW events are looked at (Upkeep.catch_up)
+CATCH_UP_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class Daemon:
         self._ring_read: list[bytes] = []
         self._new_flows: collections.deque[bytes] = collections.deque()   # keys, to admit
         self._next_sweep = 0.0
+        self._next_catch_up = 0.0
+        self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
         self.fw4 = Fw4Keeper(self._read_model, self._make_policy)
@@ -303,6 +311,8 @@ class Daemon:
                 self._drain_ring()
                 self.tables.beat()
                 self.admission.run_retries()
+                if not self._new_flows and time.monotonic() >= self._next_catch_up:
+                    self._catch_up()
                 if time.monotonic() >= self.fw4.retry_at:
                     self._fw4_tick()
                 if time.monotonic() >= self._next_sweep:
@@ -319,7 +329,7 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        if self._new_flows:
+        if self._new_flows or self._ring_read:
             return 0.0
         deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
                        self.tables.next_beat_ns / 1e9)
@@ -328,7 +338,7 @@ class Daemon:
     def sweep(self) -> None:
         if len(self._new_flows) < RING_BACKLOG:
             self._drain_ring()
-        self.upkeep.sweep(recover=not self._new_flows)
+        self.upkeep.sweep(recover=not self._new_flows and not self._ring_read)
         self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------
@@ -336,29 +346,51 @@ class Daemon:
     def _on_ring_record(self, raw: bytes) -> None:
         self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
+    def _read_ring(self) -> None:
+        """What the ring holds, into memory (a full ring loses events)."""
+        self.ring.consume()
+
     def _drain_ring(self) -> None:
         """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
-        RING_SLICE a turn, admitted together (one batch of conntrack lookups); the ring is
-        read again while fewer than RING_BACKLOG new flows wait."""
-        if len(self._new_flows) < RING_BACKLOG:
-            self.ring.consume()
+        RING_SLICE a turn, ADMIT_CHUNK at a time (one batch of conntrack lookups each), the
+        ring read between two."""
+        self._read_ring()
         read, self._ring_read = self._ring_read, []
         for raw in read:
             kind, key = maps.split_event(raw)
             if kind == maps.EventType.NEW:
-                self._new_flows.append(key)
+                if len(self._new_flows) < RING_BACKLOG:
+                    self._new_flows.append(key)
+                else:
+                    self._left_pending += 1
                 continue
             self.tables.beat()
             if kind == maps.EventType.PROVED:
                 self.admission.on_proved(key)
             elif kind == maps.EventType.CLOSING:
                 self.admission.on_closing(key)
-        self.admission.on_new([self._new_flows.popleft()
-                               for _ in range(min(RING_SLICE, len(self._new_flows)))])
+        left = min(RING_SLICE, len(self._new_flows))
+        while left:
+            n = min(ADMIT_CHUNK, left)
+            self.admission.on_new([self._new_flows.popleft() for _ in range(n)])
+            left -= n
+            self._read_ring()
+
+    def _catch_up(self) -> None:
+        """Flows whose NEW event the fast path shed or lost, or the backlog passed over, join
+        the new ones once the backlog is done."""
+        self._next_catch_up = time.monotonic() + CATCH_UP_INTERVAL
+        counters = self.stats()
+        waiting = set(self._new_flows)
+        waiting.update(key for kind, key in map(maps.split_event, self._ring_read)
+                       if kind == maps.EventType.NEW)
+        self._new_flows.extend(self.upkeep.catch_up(
+            counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST]
+            + self._left_pending, waiting))
 
     def _on_conntrack(self) -> None:
         try:
-            events = self.ct_events.read()
+            events = self.ct_events.read(tuples_only=True)     # which connections changed
         except ctmod.EventsLost:
             log.warning("conntrack events lost: checking every flow against conntrack")
             self.admission.recheck_connections()

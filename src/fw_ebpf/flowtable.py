@@ -54,6 +54,11 @@ class FlowTables:
             decided.update(key, value)
             pending.delete(key)
 
+    def update_decided(self, key: bytes, value: bytes) -> None:
+        """update() of an entry the decided table holds already: no pending entry to remove
+        (one the fast path wrote meanwhile is stale, and the sweep removes it)."""
+        self._pair(key)[0].update(key, value)
+
     def delete(self, key: bytes) -> bool:
         decided, pending = self._pair(key)
         return decided.delete(key) | pending.delete(key)
@@ -61,6 +66,11 @@ class FlowTables:
     def keys(self) -> Iterator[bytes]:
         for table in (*self._decided.values(), *self._pending.values()):
             yield from table.keys()
+
+    def pending_keys(self, batch: int = 256) -> list[bytes]:
+        """Every key of the pending tables."""
+        return [key for table in self._pending.values() for chunk in table.batches(batch)
+                for key, _ in chunk]
 
     def delete_pending(self, key: bytes) -> bool:
         return self._pair(key)[1].delete(key)

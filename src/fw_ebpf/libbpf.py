@@ -297,11 +297,12 @@ class BpfMap:
         """What the kernel copies for one value: per-CPU maps hold one 8-aligned slot per CPU."""
         return self.percpu_stride * num_possible_cpus() if self.percpu else self.value_size
 
-    def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
-        # the kernel reads key_size bytes from our pointer: a short buffer would leak memory
+    def _key(self, key: bytes) -> bytes:
+        # the kernel reads key_size bytes from our pointer: a short buffer would leak memory.
+        # It only reads a key, so the bytes object's own buffer is passed, not a copy.
         if len(key) != self.key_size:
             raise ValueError(f"map {self.name}: key is {len(key)} bytes, expected {self.key_size}")
-        return ctypes.create_string_buffer(key, len(key))
+        return bytes(key)
 
     def lookup(self, key: bytes) -> bytes | None:
         """The value, or None if absent. Per-CPU maps: all CPUs' slots concatenated."""
@@ -328,8 +329,8 @@ class BpfMap:
         if len(value) != self._value_buf_size:
             raise ValueError(f"map {self.name}: value is {len(value)} bytes, "
                              f"expected {self._value_buf_size}")
-        buf = ctypes.create_string_buffer(value, len(value))
-        _check(_lib.bpf_map_update_elem(self.fd, self._key(key), buf, flags),
+        # read by the kernel only: passed as it is, like the key
+        _check(_lib.bpf_map_update_elem(self.fd, self._key(key), bytes(value), flags),
                f"map {self.name}: update")
 
     def delete(self, key: bytes) -> bool:

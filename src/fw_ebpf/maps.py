@@ -221,10 +221,6 @@ EVENT_BURST = 4096
 CONFIG_SECTION = ".rodata.config"
 
 
-def _addr_bytes(addr: IPAddress) -> bytes:
-    return addr.packed.ljust(16, b"\0")
-
-
 @dataclass(frozen=True, slots=True)
 class Tuple:
     """One direction of a connection as Python values."""
@@ -291,13 +287,16 @@ def decode_key(raw: bytes) -> KeyInfo:
     return KeyInfo(ifindex, t, (vlan0, vlan1), pppoe_sid, dsa_port)
 
 
+_WORDS = {n: struct.Struct(f"!{n // 2}H") for n in (4, 8, 32)}   # ports, IPv4, IPv6 addresses
+
+
 def csum_diff(old: bytes, new: bytes) -> int:
     """Folded ones' complement sum of ~old + new over 16-bit big-endian words."""
     if len(old) != len(new) or len(old) % 2:
         raise ValueError("csum_diff needs two byte strings of the same even length")
-    total = 0
-    for (o,), (n,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new)):
-        total += (~o & 0xFFFF) + n
+    words = _WORDS.get(len(old)) or struct.Struct(f"!{len(old) // 2}H")
+    # sum of (~o & 0xFFFF) + n over the words
+    total = 0xFFFF * words.size // 2 - sum(words.unpack(old)) + sum(words.unpack(new))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return total
@@ -323,21 +322,27 @@ def _mac(value: bytes | str) -> bytes:
     return value
 
 
-def _nat(f: Flow, orig: Tuple, post: Tuple) -> None:
-    if orig.l4proto != post.l4proto or orig.l3proto != post.l3proto:
+_FLAGS = Flow.flags.offset
+_NAT_SADDR, _NAT_DADDR = Flow.nat_saddr.offset, Flow.nat_daddr.offset
+_NAT_PORTS, _CSUM_ADDR, _CSUM_PORT = Flow.nat_sport.offset, Flow.csum_addr.offset, \
+    Flow.csum_port.offset
+
+
+def _nat(value: bytearray, orig: bytes, post: bytes) -> None:
+    """Writes the NAT from tuple_id orig to tuple_id post into a Flow value."""
+    if len(orig) != len(post) or orig[_DEVICE_FIELDS] != post[_DEVICE_FIELDS]:
         raise ValueError("NAT cannot change the protocol or the address family")
     if post == orig:
         return
-    f.flags |= F_NAT
-    old_addrs = orig.saddr.packed + orig.daddr.packed
-    new_addrs = post.saddr.packed + post.daddr.packed
-    f.nat_saddr[:] = _addr_bytes(post.saddr)
-    f.nat_daddr[:] = _addr_bytes(post.daddr)
-    f.nat_sport = _be16(post.sport)
-    f.nat_dport = _be16(post.dport)
-    f.csum_addr = _be16(csum_diff(old_addrs, new_addrs))
-    f.csum_port = _be16(csum_diff(struct.pack("!HH", orig.sport, orig.dport),
-                                  struct.pack("!HH", post.sport, post.dport)))
+    value[_FLAGS] |= F_NAT
+    alen = (len(post) - _ID_ADDRS) // 2
+    value[_NAT_SADDR:_NAT_SADDR + alen] = post[_ID_ADDRS:_ID_ADDRS + alen]
+    value[_NAT_DADDR:_NAT_DADDR + alen] = post[_ID_ADDRS + alen:]
+    value[_NAT_PORTS:_NAT_PORTS + 4] = post[_ID_PORTS:_ID_ADDRS]     # network order as in C
+    value[_CSUM_ADDR:_CSUM_ADDR + 2] = \
+        csum_diff(orig[_ID_ADDRS:], post[_ID_ADDRS:]).to_bytes(2, "big")
+    value[_CSUM_PORT:_CSUM_PORT + 2] = \
+        csum_diff(orig[_ID_PORTS:_ID_ADDRS], post[_ID_PORTS:_ID_ADDRS]).to_bytes(2, "big")
 
 
 def encode_l2(l2: L2Out) -> L2:
@@ -364,16 +369,28 @@ def encode_forward(orig: Tuple, post: Tuple, oif: int, mtu: int, l2: L2Out,
              last_seen_ns=last_seen_ns, gen=gen)
     if tc_only:
         f.flags |= F_TC_ONLY
-    _nat(f, orig, post)
-    return bytes(f)
+    value = bytearray(bytes(f))
+    _nat(value, tuple_id(orig), tuple_id(post))
+    return bytes(value)
 
 
-def encode_proving(orig: Tuple, post: Tuple, last_seen_ns: int = 0) -> bytes:
-    """A PROVING value: the NAT is known (conntrack), the egress not yet."""
-    f = Flow(state=State.PROVING, last_seen_ns=last_seen_ns)
+def _proving_template() -> bytes:
+    f = Flow(state=State.PROVING)
     f.l2.dsa_port = NO_DSA_PORT
-    _nat(f, orig, post)
     return bytes(f)
+
+
+_PROVING = _proving_template()
+_LAST_SEEN = struct.Struct("=Q")
+
+
+def encode_proving(orig: Tuple | bytes, post: Tuple | bytes, last_seen_ns: int = 0) -> bytes:
+    """A PROVING value: the NAT is known (conntrack), the egress not yet. The tuples as Tuple
+    or as tuple_id (the admission path keeps them packed)."""
+    value = bytearray(_PROVING)
+    _LAST_SEEN.pack_into(value, Flow.last_seen_ns.offset, last_seen_ns)
+    _nat(value, as_id(orig), as_id(post))
+    return bytes(value)
 
 
 def tuple_id(t: Tuple) -> bytes:
@@ -383,11 +400,42 @@ def tuple_id(t: Tuple) -> bytes:
 
 
 _DEVICE_FIELDS = Key4.l4proto.offset    # ifindex, vlan, pppoe_sid, dsa_port come first
+_ID_PORTS, _ID_ADDRS = Key4.sport.offset, Key4.saddr.offset
+_ID_HEAD = bytes(_DEVICE_FIELDS)
+_DEVICE_STRUCT = struct.Struct("=IHHHB")
+
+
+def as_id(t: Tuple | bytes) -> bytes:
+    """A tuple_id, from a Tuple or as it is."""
+    return t if isinstance(t, bytes) else tuple_id(t)
+
+
+def id_tuple(tid: bytes) -> Tuple:
+    """The Tuple of a tuple_id (to show it, or for what needs Python values)."""
+    return decode_key(tid).tuple
+
+
+def id_l4proto(tid: bytes) -> int:
+    return tid[_DEVICE_FIELDS]
+
+
+def reverse_id(tid: bytes) -> bytes:
+    """tuple_id of the reverse tuple: addresses and ports swapped."""
+    alen = (len(tid) - _ID_ADDRS) // 2
+    return (tid[:_ID_PORTS] + tid[_ID_PORTS + 2:_ID_ADDRS] + tid[_ID_PORTS:_ID_PORTS + 2]
+            + tid[_ID_ADDRS + alen:] + tid[_ID_ADDRS:_ID_ADDRS + alen])
+
+
+def id_key(ifindex: int, tid: bytes, vlan: tuple[int, int] = (0, 0), pppoe_sid: int = 0,
+           dsa_port: int = NO_DSA_PORT) -> bytes:
+    """encode_key() of a tuple_id."""
+    return _DEVICE_STRUCT.pack(ifindex, vlan[0], vlan[1], pppoe_sid, dsa_port) + \
+        tid[_DEVICE_FIELDS:]
 
 
 def key_tuple_id(key: bytes) -> bytes:
     """tuple_id() of the tuple in a flow key."""
-    return bytes(_DEVICE_FIELDS) + key[_DEVICE_FIELDS:]
+    return _ID_HEAD + key[_DEVICE_FIELDS:]
 
 
 def encode_verdict(state: State, expires_ns: int = 0, gen: int = 0) -> bytes:

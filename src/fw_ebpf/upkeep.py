@@ -17,7 +17,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Callable, Iterator
+from typing import Callable, Container, Iterator
 
 from fw_ebpf import maps
 from fw_ebpf.admission import Admission
@@ -32,7 +32,7 @@ log = logging.getLogger("fw_ebpf.upkeep")
 # A PENDING or PASS entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
-# (one batch of conntrack lookups)
+# (one batch of conntrack lookups); catch_up shares the allowance until the next sweep
 ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
@@ -57,6 +57,8 @@ class Upkeep:
         self.last_sweep_cpu_s = 0.0         # of it, CPU time (a busy machine stretches the rest)
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
         self.recovered = 0                  # flows the sweep found whose event never came
+        self._adoptable = ADOPT_PER_SWEEP   # unheard PENDING entries to adopt until the next sweep
+        self._missed = 0                    # NEW events shed or lost, as of the last catch_up
         self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
         self._cycle = 0                     # cycles: full passes over the tables
         self._cycle_start = 0.0
@@ -140,6 +142,7 @@ class Upkeep:
         most of those would be handled twice)."""
         start, cpu = time.monotonic(), time.thread_time()
         self.tables.heartbeat()
+        self._adoptable = ADOPT_PER_SWEEP
         if self._scan is None:
             self._scan = self.tables.scan(BATCH)
             self._cycle += 1
@@ -164,7 +167,7 @@ class Upkeep:
                 noted = self.book.sweep_note(key, cycle, packets, nbytes, last_seen)
                 if noted is None:
                     if state == State.PENDING:  # a flood must not cost a conntrack lookup each
-                        if recover and len(unheard) < ADOPT_PER_SWEEP:
+                        if recover and len(unheard) < self._adoptable:
                             unheard.append(key)
                         continue
                     self.adopt(key, State(state))
@@ -208,6 +211,7 @@ class Upkeep:
                 break
         else:
             self._scan = None
+        self._adoptable -= len(unheard)
         self.admission.on_new(unheard)      # NEW events shed or lost
         for key in proved:
             self.tables.beat()
@@ -224,6 +228,23 @@ class Upkeep:
         self.tables.heartbeat()
         self.last_sweep_s = time.monotonic() - start
         self.last_sweep_cpu_s = time.thread_time() - cpu
+
+    def catch_up(self, missed: int, waiting: Container[bytes]) -> list[bytes]:
+        """`missed`: NEW events the fast path shed (its rate limit) or lost (a full ring) so
+        far. When it grew, their flows wait in the pending tables: their keys are returned, to
+        be admitted like new flows now, not when the sweep's cycle comes to them (seconds, in
+        a big table); within the sweep's allowance of adoptions. `waiting`: keys whose events
+        were read but not handled yet."""
+        if missed == self._missed or self._adoptable <= 0:
+            return []
+        unheard = [key for key in self.tables.pending_keys(BATCH)
+                   if key not in self.book and key not in waiting]
+        if len(unheard) <= self._adoptable:
+            self._missed = missed       # else the rest waits for the next call
+        unheard = unheard[:self._adoptable]
+        self._adoptable -= len(unheard)
+        self.recovered += len(unheard)
+        return unheard
 
     def _end_cycle(self, cycle: int) -> None:
         """The whole table was read: what the book holds and it did not is gone (the LRU took
@@ -273,12 +294,12 @@ class Upkeep:
             self.tables.delete(key)
             return
         rec = self.book.add(key)
-        found = self.conntrack.lookup(rec.info.tuple)
+        found = self.conntrack.lookup(maps.key_tuple_id(key))
         if found is None or found[0].ineligible_reason() is not None:
             self.admission.evict(key, "re-adopt: no eligible conntrack entry")
             return
         entry, direction = found
-        conn, out = maps.tuple_id(entry.orig), maps.tuple_id(entry.egress(direction))
+        conn, out = entry.orig_id, entry.egress_id(direction)
         owner = self.book.leaving_as(out)
         if owner is not None and owner != rec:
             self.admission.evict(key, "re-adopt: another ingress carries this direction")
