@@ -36,6 +36,27 @@ def test_carried_keeps_the_counters_of_removed_entries():
     assert book.carried() == (65, 6000)
 
 
+def test_a_connection_keeps_its_conntrack_expiry_while_a_direction_is_bound():
+    book = FlowBook()
+    t = Tuple(17, ipaddress.IPv4Address("192.168.1.10"), ipaddress.IPv4Address("198.51.100.20"),
+              40000, 5201)
+    back = Tuple(17, t.daddr, ipaddress.IPv4Address("203.0.113.2"), t.dport, 61000)
+    conn = maps.tuple_id(t)
+    there, home = book.add(maps.encode_key(2, t)), book.add(maps.encode_key(3, back))
+    book.set_ct_expiry(conn, 99.0)     # no record bound: nothing to keep it with
+    assert book.ct_expiry(conn) == 0.0
+    book.bind(there, conn, 0, maps.tuple_id(back))
+    book.bind(home, conn, 1, maps.tuple_id(t))
+    book.set_ct_expiry(conn, 99.0)
+    book.remove(there.key)
+    assert book.ct_expiry(conn) == 99.0
+    book.remove(home.key)              # the last direction: the row goes, and its expiry
+    assert book.ct_expiry(conn) == 0.0
+    again = book.add(maps.encode_key(2, t))
+    book.bind(again, conn, 0, maps.tuple_id(back))     # a reused row starts unknown
+    assert book.ct_expiry(conn) == 0.0
+
+
 @pytest.fixture
 def lab(bpf_build):
     with Lab() as the_lab:

@@ -71,7 +71,6 @@ class Admission:
         self._egress_mtu = egress_mtu
         self._retries: list[tuple[float, int, bytes]] = []
         self._retry_seq = 0
-        self.ct_expiry: dict[bytes, float] = {}     # connection -> its conntrack timeout
         self.admission_ms: deque[float] = deque(maxlen=10000)   # first packet -> FORWARD
         self.proving_ms: deque[float] = deque(maxlen=10000)     # first packet -> PROVING
 
@@ -171,7 +170,7 @@ class Admission:
                 self.write_verdict(rec, State.PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
         conn = entry.orig_id
-        new_connection = conn not in self.ct_expiry
+        new_connection = not self.book.ct_expiry(conn)
         if new_connection and entry.l4proto == socket.IPPROTO_TCP:
             # before any of it is carried: while one direction is offloaded, the other's
             # packets reach conntrack acking data it never saw; without this they are INVALID
@@ -181,7 +180,7 @@ class Admission:
                            entry.egress_id(direction)):
             return
         if new_connection:
-            self.ct_expiry[conn] = time.monotonic() + entry.timeout
+            self.book.set_ct_expiry(conn, time.monotonic() + entry.timeout)
         if rec.first_ns:
             self.proving_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
 
@@ -347,7 +346,6 @@ class Admission:
             log.debug("evict %s: %s", rec.info.tuple, why)
 
     def evict_connection(self, conn: bytes, why: str) -> int:
-        self.ct_expiry.pop(conn, None)
         recs = self.book.of_connection(conn)
         for rec in recs:
             self.evict(rec.key, why)
@@ -359,5 +357,4 @@ class Admission:
             self.tables.beat()
             self.evict(key, "flush")
         self.tables.clear()
-        self.ct_expiry.clear()
         return n

@@ -139,6 +139,7 @@ class FlowBook:
         self._conn_rows: dict[bytes, int] = {}
         self._conn_ids: list[bytes | None] = []
         self._conn_flows = array("i")                       # 2 per row: direction 0, 1
+        self._conn_expiry = array("d")      # when conntrack's timeout of it ends (0: not known)
         self._conn_free: list[int] = []
         self._by_egress: dict[bytes, int] = {}              # egress tuple_id -> slot
         self._waiting: dict[bytes, set[bytes]] = defaultdict(set)   # packet tuple_id -> keys
@@ -193,10 +194,12 @@ class FlowBook:
             if self._conn_free:
                 row = self._conn_free.pop()
                 self._conn_ids[row] = conn
+                self._conn_expiry[row] = 0.0
             else:
                 row = len(self._conn_ids)
                 self._conn_ids.append(conn)
                 self._conn_flows.extend((_NONE, _NONE))
+                self._conn_expiry.append(0.0)
             self._conn_rows[conn] = row
         other = self._conn_flows[2 * row + direction]
         if other != _NONE and other != slot:    # not two records for one direction
@@ -269,6 +272,18 @@ class FlowBook:
         keys = self._keys
         return [FlowRecord(self, s, k) for s in self._conn_flows[2 * row:2 * row + 2]
                 if s != _NONE and (k := keys[s]) is not None]
+
+    def ct_expiry(self, conn: bytes) -> float:
+        """When conntrack's timeout of this connection ends, as last set (monotonic clock;
+        0: a connection the book has no record of, or whose timeout it was not told)."""
+        row = self._conn_rows.get(conn)
+        return 0.0 if row is None else self._conn_expiry[row]
+
+    def set_ct_expiry(self, conn: bytes, when: float) -> None:
+        """For a connection a record is bound to (else nothing to keep it with)."""
+        row = self._conn_rows.get(conn)
+        if row is not None:
+            self._conn_expiry[row] = when
 
     def leaving_as(self, egress: bytes) -> FlowRecord | None:
         """The record that leaves with this tuple (one per connection and direction)."""

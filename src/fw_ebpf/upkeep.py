@@ -267,15 +267,15 @@ class Upkeep:
         """
         full = {p: self.conntrack.established_timeout(p) for p in (socket.IPPROTO_TCP,
                                                                    socket.IPPROTO_UDP)}
-        expiry = self.admission.ct_expiry
-        due = [conn for conn in active if expiry.get(conn, 0.0) - now
+        book = self.book
+        due = [conn for conn in active if book.ct_expiry(conn) - now
                < full.get(conn[maps.Key4.l4proto.offset], 120) / 2]
         if not due:
             return
         self.conntrack.refresh((maps.decode_key(c).tuple for c in due),
                                lambda t: full.get(t.l4proto, 120))
         for conn in due:
-            expiry[conn] = now + full.get(conn[maps.Key4.l4proto.offset], 120)
+            book.set_ct_expiry(conn, now + full.get(conn[maps.Key4.l4proto.offset], 120))
         # a FIN or RST that conntrack saw before the refresh landed got the established timeout
         self.conntrack.restore_closing([maps.decode_key(c).tuple for c in due
                                         if c[maps.Key4.l4proto.offset] == socket.IPPROTO_TCP])
@@ -308,7 +308,8 @@ class Upkeep:
         self.tables.index(out, key)
         rec.state, rec.since = state, time.monotonic()
         rec.reason = "re-adopted"
-        self.admission.ct_expiry.setdefault(conn, time.monotonic() + entry.timeout)
+        if not self.book.ct_expiry(conn):
+            self.book.set_ct_expiry(conn, time.monotonic() + entry.timeout)
 
     def readopt(self) -> int:
         """A restarted daemon takes over what the pinned tables hold."""
