@@ -346,15 +346,11 @@ class Daemon:
     def _on_ring_record(self, raw: bytes) -> None:
         self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
-    def _read_ring(self) -> None:
-        """What the ring holds, into memory (a full ring loses events)."""
-        self.ring.consume()
-
     def _drain_ring(self) -> None:
         """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
         RING_SLICE a turn, ADMIT_CHUNK at a time (one batch of conntrack lookups each), the
         ring read between two."""
-        self._read_ring()
+        self.ring.consume()   # into _ring_read: what stays in a full ring is lost
         read, self._ring_read = self._ring_read, []
         for raw in read:
             kind, key = maps.split_event(raw)
@@ -374,7 +370,7 @@ class Daemon:
             n = min(ADMIT_CHUNK, left)
             self.admission.on_new([self._new_flows.popleft() for _ in range(n)])
             left -= n
-            self._read_ring()
+            self.ring.consume()
 
     def _catch_up(self) -> None:
         """Flows whose NEW event the fast path shed or lost, or the backlog passed over, join
