@@ -571,6 +571,47 @@ def test_events_follow_a_connection_until_conntrack_delete(family: int) -> None:
 
 
 @needs_kernel
+def test_the_daemons_event_filter_drops_udp_updates_and_our_own_refreshes() -> None:
+    """The events socket as the daemon opens it, beside one that takes every event: the kernel
+    drops UDP entries' updates and updates our own refreshes cause; TCP state changes, other
+    requesters' refreshes and destroys come through. (Both sockets get each event at once, so
+    what the unfiltered one has read, the filtered one had its chance at.)"""
+    a = ADDR[4]
+    with topology() as topo, in_netns(topo.router, Conntrack) as ours, \
+            in_netns(topo.router, Conntrack) as theirs, \
+            in_netns(topo.router, lambda: ConntrackEvents(
+                ("update", "destroy"), udp_updates=False, not_from=ours.portid)) as filtered, \
+            in_netns(topo.router, lambda: ConntrackEvents(("update", "destroy"))) as every, \
+            echo_server(topo, "udp") as _:
+        kept: list[CtEvent] = []
+
+        def seen(match: Callable[[CtEvent], bool]) -> None:
+            collect(every, lambda g: any(map(match, g)))
+            kept.extend(filtered.read(max_events=100_000))
+
+        sport = run_in_netns(topo.client, udp_send, 4, a["server"], ECHO_PORT, True)
+        seen(lambda e: e.entry.orig.sport == sport and e.kind == "update")   # the reply
+        with echo_server(topo, "tcp", ECHO_PORT + 1) as server, \
+                tcp_connection(topo, server, 4, ECHO_PORT + 1) as (flow, _client):
+            seen(lambda e: e.entry.orig == flow.orig and e.entry.ineligible_reason() is None)
+            assert ours.refresh([flow.orig], 1000) == 1
+            seen(lambda e: e.entry.orig == flow.orig and e.entry.timeout <= 1000)
+            assert theirs.refresh([flow.orig], 2000) == 1
+            seen(lambda e: e.entry.orig == flow.orig and 1000 < e.entry.timeout <= 2000)
+            sh("ip", "netns", "exec", topo.router, "conntrack", "-D", "-p", "udp",
+               "--orig-port-src", str(sport))
+            seen(lambda e: e.entry.orig.sport == sport and e.kind == "destroy")
+
+        udp = [e.kind for e in kept if e.entry.orig.sport == sport]
+        tcp = [e for e in kept if e.entry.orig == flow.orig
+               and e.entry.ineligible_reason() is None]     # from ESTABLISHED on
+        assert udp == ["destroy"]
+        assert tcp
+        assert not any(e.entry.timeout <= 1000 for e in tcp)              # our refresh
+        assert any(1000 < e.entry.timeout <= 2000 for e in tcp)           # theirs
+
+
+@needs_kernel
 def test_flush_sends_one_destroy_event_per_entry() -> None:
     a = ADDR[4]
     with topology() as topo, in_netns(topo.router, ConntrackEvents) as events:

@@ -439,6 +439,7 @@ class Conntrack(nl.Owner):
 
     def __init__(self) -> None:
         self._sock = _Socket()
+        self.portid = self._sock.portid
         rcvbuf = self._sock.rcvbuf
         self._refresh_batch = max(16, min(REFRESH_BATCH, rcvbuf // _ERROR_TRUESIZE))
         self._lookup_batch = max(16, min(LOOKUP_BATCH, rcvbuf // _ANSWER_TRUESIZE))
@@ -591,19 +592,67 @@ _KINDS = {"new": NFNLGRP_CONNTRACK_NEW, "update": NFNLGRP_CONNTRACK_UPDATE,
           "destroy": NFNLGRP_CONNTRACK_DESTROY}
 
 
+def _events_filter(udp_updates: bool, not_from: int) -> list[bytes]:
+    """A socket filter that passes every DESTROY and NEW event, and drops the UPDATE events of
+    UDP entries (udp_updates False) and those a request of port not_from caused (not 0)."""
+    i = nl.bpf_insn
+    ld_nla = nl.BPF_LD | nl.BPF_W | nl.BPF_ABS
+    # jump offsets count from the next instruction; the last two are "keep" and "drop"
+    prog = [i(nl.BPF_LD | nl.BPF_H | nl.BPF_ABS, 4),                       # nlmsg_type
+            i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, nl.bpf_view(_CT_DELETE, 2), jt=0xFF),
+            i(nl.BPF_LD | nl.BPF_H | nl.BPF_ABS, 6),                       # nlmsg_flags
+            i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, 0, jf=0xFF)]             # NEW: CREATE set
+    if not_from:
+        prog += [i(nl.BPF_LD | nl.BPF_W | nl.BPF_ABS, 12),                 # nlmsg_pid
+                 i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, nl.bpf_view(not_from, 4), jt=0xFE)]
+    if not udp_updates:
+        # CTA_TUPLE_ORIG > CTA_TUPLE_PROTO > CTA_PROTO_NUM; offset 0: not found, keep it
+        prog += [i(nl.BPF_LD | nl.BPF_IMM, nl.NLMSG_HDRLEN + 4),           # after nfgenmsg
+                 i(nl.BPF_LDX | nl.BPF_IMM, CTA_TUPLE_ORIG),
+                 i(ld_nla, nl.SKF_AD_OFF + nl.SKF_AD_NLATTR),
+                 i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, 0, jt=0xFF),
+                 i(nl.BPF_LDX | nl.BPF_IMM, CTA_TUPLE_PROTO),
+                 i(ld_nla, nl.SKF_AD_OFF + nl.SKF_AD_NLATTR_NEST),
+                 i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, 0, jt=0xFF),
+                 i(nl.BPF_LDX | nl.BPF_IMM, CTA_PROTO_NUM),
+                 i(ld_nla, nl.SKF_AD_OFF + nl.SKF_AD_NLATTR_NEST),
+                 i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, 0, jt=0xFF),
+                 i(nl.BPF_MISC | nl.BPF_TAX),
+                 i(nl.BPF_LD | nl.BPF_B | nl.BPF_IND, 4),                  # past the nla header
+                 i(nl.BPF_JMP | nl.BPF_JEQ | nl.BPF_K, IPPROTO_UDP, jt=0xFE)]
+    prog += [i(nl.BPF_RET | nl.BPF_K, 0xFFFFFFFF), i(nl.BPF_RET | nl.BPF_K, 0)]
+    keep, drop = len(prog) - 2, len(prog) - 1
+    out = []
+    for n, insn in enumerate(prog):     # 0xFF: to keep, 0xFE: to drop
+        code, jt, jf, k = struct.unpack("=HBBI", insn)
+        jt, jf = ({0xFF: keep - n - 1, 0xFE: drop - n - 1}.get(j, j) for j in (jt, jf))
+        out.append(nl.bpf_insn(code, k, jt, jf))
+    return out
+
+
 class ConntrackEvents(nl.Owner):
     """Conntrack NEW/UPDATE/DESTROY events of the netns this object was created in.
 
     The socket is non-blocking, so fileno() can go into the daemon's selector and read() never
     waits. Only TCP/UDP entries are reported. A flush (conntrack -F) arrives as one DESTROY
-    per entry.
+    per entry. The kernel drops, before they are queued, UDP entries' UPDATE events when
+    udp_updates is False (they tell of replies and timeouts, no change of eligibility), and
+    UPDATE events caused by requests of netlink port not_from (Conntrack.portid: our own
+    refreshes, echoed).
     """
 
     _sock: _Socket
 
     def __init__(self, kinds: Iterable[str] = ("new", "update", "destroy"),
-                 rcvbuf: int = _EVENTS_RCVBUF) -> None:
+                 rcvbuf: int = _EVENTS_RCVBUF, udp_updates: bool = True,
+                 not_from: int = 0) -> None:
         self._sock = _Socket([_KINDS[kind] for kind in kinds], rcvbuf, blocking=False)
+        if not udp_updates or not_from:
+            try:
+                self._sock.attach_filter(_events_filter(udp_updates, not_from))
+            except BaseException:
+                self._sock.close()
+                raise
 
     def read(self, max_events: int = 4096, tuples_only: bool = False) -> list[CtEvent]:
         """The events queued now (up to about max_events); raises EventsLost after an overrun.

@@ -98,7 +98,10 @@ class Daemon:
         with contextlib.ExitStack() as stack:
             self._start_fastpath(stack)
             self.conntrack = stack.enter_context(Conntrack())
-            self.ct_events = stack.enter_context(ConntrackEvents())
+            # no NEW events: a flow's first lookup finds its entry, or is retried (RETRY_DELAYS);
+            # UDP updates never change what may be offloaded, our own refreshes are known
+            self.ct_events = stack.enter_context(ConntrackEvents(
+                ("update", "destroy"), udp_updates=False, not_from=self.conntrack.portid))
             self.links = stack.enter_context(Links())
             self.rt_events = stack.enter_context(RtEvents())
             self.nft_events = stack.enter_context(NftEvents())

@@ -9,11 +9,13 @@ so no reply is ever left queued behind; answers are matched to requests by seque
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import select
 import socket
 import struct
+import sys
 from typing import Generator, Iterable, Iterator, Literal, Protocol, Self
 
 # linux/netlink.h
@@ -36,11 +38,24 @@ NLM_F_CAPPED = 0x100    # in an NLMSG_ERROR: only the request's header is echoed
 NLM_F_ACK_TLVS = 0x200  # in an NLMSG_ERROR: extended ack attributes follow
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_HDRLEN = 16
 NLMSGERR_ATTR_MSG = 1
 NLA_F_NESTED = 1 << 15
 NLA_F_NET_BYTEORDER = 1 << 14
 NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
 SO_RCVBUFFORCE = 33
+SO_ATTACH_FILTER = 26
+
+# classic BPF (linux/filter.h, bpf_common.h): the socket filter the kernel runs on each message
+# before queueing it, so what a socket does not want never costs its receive buffer
+BPF_LD, BPF_LDX, BPF_JMP, BPF_RET, BPF_MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+BPF_W, BPF_H, BPF_B = 0x00, 0x08, 0x10
+BPF_IMM, BPF_ABS, BPF_IND = 0x00, 0x20, 0x40
+BPF_JEQ, BPF_K, BPF_TAX = 0x10, 0x00, 0x00
+SKF_AD_OFF = -0x1000
+SKF_AD_NLATTR = 12          # A = offset of attribute X among the attributes from offset A
+SKF_AD_NLATTR_NEST = 16     # A = offset of attribute X nested in the attribute at offset A
+_SOCK_FILTER = struct.Struct("=HBBI")
 
 Mode = Literal["ack", "get", "dump"]
 _MODE_FLAGS = {"ack": NLM_F_ACK, "get": 0, "dump": NLM_F_DUMP}
@@ -212,6 +227,15 @@ class Owner:
         self._sock.close()
 
 
+def bpf_insn(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> bytes:
+    return _SOCK_FILTER.pack(code, jt, jf, k & 0xFFFFFFFF)
+
+
+def bpf_view(value: int, size: int) -> int:
+    """What a classic BPF load (big-endian) reads from a host-order field holding value."""
+    return int.from_bytes(value.to_bytes(size, sys.byteorder), "big")
+
+
 class Socket(Owner):
     """A netlink socket of one protocol in the caller's network namespace.
 
@@ -252,6 +276,20 @@ class Socket(Owner):
             self._sock.close()
             raise self.error(e.errno or 0, "socket") from None
         self.timeout = timeout
+
+    @property
+    def portid(self) -> int:
+        """The port id the kernel gave this socket: the sender of events its requests cause."""
+        return int(self._sock.getsockname()[0])
+
+    def attach_filter(self, program: list[bytes]) -> None:
+        """Lets the kernel drop messages before they are queued (bpf_insn instructions)."""
+        code = ctypes.create_string_buffer(b"".join(program))
+        fprog = struct.pack("@HP", len(program), ctypes.addressof(code))
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+        except OSError as e:
+            raise self.error(e.errno or 0, "socket filter") from None
 
     @property
     def rcvbuf(self) -> int:
