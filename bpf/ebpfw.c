@@ -177,9 +177,9 @@ static __always_inline struct ebpfw_flow *lookup(void *table4, void *table6, str
 }
 
 static __always_inline void notify_key(struct ebpfw_stats *st, __u8 l3proto,
-				       const union ebpfw_key *key, __u32 type)
+				       const union ebpfw_key *key, __u32 type, __u64 first_ns)
 {
-	struct ebpfw_event ev = { .type = type, .l3proto = l3proto };
+	struct ebpfw_event ev = { .type = type, .l3proto = l3proto, .first_ns = first_ns };
 
 	if (l3proto == EBPFW_L3_IPV4)
 		ev.key.v4 = key->v4;
@@ -189,18 +189,27 @@ static __always_inline void notify_key(struct ebpfw_stats *st, __u8 l3proto,
 		count(st, EBPFW_CNT_EVENT_LOST);
 }
 
-static __always_inline void notify(struct ebpfw_stats *st, const struct pkt *p, __u32 type)
+static __always_inline void notify(struct ebpfw_stats *st, const struct pkt *p, __u32 type,
+				   __u64 first_ns)
 {
-	notify_key(st, p->l3proto, &p->key, type);
+	notify_key(st, p->l3proto, &p->key, type, first_ns);
 }
 
-/* Token bucket of NEW events, per CPU, on the tick clock */
+/*
+ * Token bucket of NEW events, per CPU, on the tick clock. NEW events also keep
+ * out of the second half of the ring: a lost proof or close is found again only
+ * by the sweep's cycle, a shed NEW within a tenth of a second (pending table).
+ */
 static __always_inline bool event_allowed(struct ebpfw_stats *st)
 {
 	__u64 credit = st->ev_credit_ns + (st->now_ns - st->ev_clock_ns);
 
 	if (!ebpfw_cfg.event_interval_ns)
 		return true;
+	if (bpf_ringbuf_query(&ebpfw_events, BPF_RB_AVAIL_DATA) > EBPFW_EVENTS_BYTES / 2) {
+		count(st, EBPFW_CNT_EVENT_SHED);
+		return false;
+	}
 	if (credit > ebpfw_cfg.event_burst_ns)
 		credit = ebpfw_cfg.event_burst_ns;
 	st->ev_clock_ns = st->now_ns;
@@ -235,7 +244,7 @@ static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt
 		err = bpf_map_update_elem(&ebpfw_pending6, &p->key.v6, &pending, BPF_NOEXIST);
 	}
 	if (!err && event_allowed(st))
-		notify(st, p, EBPFW_EV_NEW);
+		notify(st, p, EBPFW_EV_NEW, pending.last_seen_ns);
 	return pass(st, EBPFW_PASS_MISS);
 }
 
@@ -290,7 +299,7 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 	if (p->tcp_flags & (TCPF_FIN_ | TCPF_RST_)) {
 		/* the stack sees the close and conntrack follows it */
 		f->flags |= EBPFW_F_CLOSING;
-		notify(st, p, EBPFW_EV_CLOSING);
+		notify(st, p, EBPFW_EV_CLOSING, 0);
 		return pass(st, EBPFW_PASS_TCP_CLOSE);
 	}
 	if (p->tcp_flags & TCPF_SYN_)
@@ -692,7 +701,7 @@ int ebpfw_egress(struct __sk_buff *ctx)
 	f->l2 = seen;
 	f->oif = ctx->ifindex;
 	f->flags |= EBPFW_F_REPORTED;
-	notify_key(st, p.l3proto, in, EBPFW_EV_PROVED);
+	notify_key(st, p.l3proto, in, EBPFW_EV_PROVED, 0);
 	count(st, EBPFW_CNT_PROVED);
 	return TC_ACT_UNSPEC;
 }

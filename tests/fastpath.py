@@ -210,11 +210,14 @@ class FastPath:
     def run(self, hook: Hook, data: bytes):
         return self.obj.program(hook.program).test_run(data)
 
-    def drain_events(self) -> list[tuple[maps.EventType, maps.KeyInfo]]:
+    def drain_raw_events(self) -> list[bytes]:
         self.ring.consume()
-        got = [maps.decode_event(e) for e in self.events]
+        got = list(self.events)
         self.events.clear()
         return got
+
+    def drain_events(self) -> list[tuple[maps.EventType, maps.KeyInfo]]:
+        return [maps.decode_event(e) for e in self.drain_raw_events()]
 
 
 def load_fastpath(path: Path, heartbeat_timeout_s: float, event_rate: int = maps.EVENT_RATE,

@@ -2,6 +2,7 @@
 """The fast path on the real kernel through BPF_PROG_TEST_RUN, XDP and TC alike."""
 from __future__ import annotations
 
+import ctypes
 import itertools
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_miss_passes_and_notifies_once(fp: FastPath, hook: Hook, family: int, l4
     t = flow_tuple(family, l4)
     data = frame(L2_IN[l2], t)
     assert_passed_unchanged(fp, hook, data, maps.Counter.PASS_MISS)
-    events = fp.drain_events()
+    raw = fp.drain_raw_events()
+    events = [maps.decode_event(e) for e in raw]
     assert len(events) == 1
     ev_type, info = events[0]
     assert ev_type == maps.EventType.NEW
@@ -62,6 +64,8 @@ def test_miss_passes_and_notifies_once(fp: FastPath, hook: Hook, family: int, l4
     assert (info.vlan, info.pppoe_sid) == (L2_IN[l2].key_fields()["vlan"], L2_IN[l2].pppoe_sid or 0)
     entry = maps.decode_flow(fp.flows.lookup(key_for(l2, t)))
     assert entry.state == maps.State.PENDING
+    # the daemon measures admission from it without looking the entry up
+    assert maps.split_event(raw[0])[2] == entry.last_seen_ns > 0
 
     assert_passed_unchanged(fp, hook, data, maps.Counter.PASS_PENDING)
     assert fp.drain_events() == []
@@ -322,6 +326,27 @@ def test_new_events_over_the_rate_are_shed_counted_and_still_pending(bpf_object:
         fp.obj.close()
 
 
+def test_new_events_leave_half_the_ring_to_proofs_and_closes(bpf_object: Path):
+    """A burst the daemon does not read yet: NEW events stop at half the ring (shed, counted:
+    the pending table has them), none is lost, and the other half stays free."""
+    fp = load_fastpath(bpf_object, heartbeat_timeout_s=600, event_rate=10**9,
+                       event_burst=10**9)
+    try:
+        fp.heartbeat()
+        record = 8 + (ctypes.sizeof(maps.Event) + 7) // 8 * 8    # ring header, padded event
+        flows = maps.EVENTS_BYTES // record
+        for data in _new_tuples(frame(L2_IN["untagged"], flow_tuple(4, "udp")), flows):
+            assert fp.run(XDP, data).retval == XDP.passed
+        stats = fp.stats()
+        sent = len(fp.drain_events())
+        assert stats[maps.Counter.EVENT_LOST] == 0
+        assert maps.EVENTS_BYTES // 2 <= sent * record <= maps.EVENTS_BYTES // 2 + record
+        assert stats[maps.Counter.EVENT_SHED] == flows - sent
+    finally:
+        fp.ring.close()
+        fp.obj.close()
+
+
 def test_flow_tables_keep_each_entry_in_one_table(fp: FastPath):
     t = flow_tuple(6, "tcp")
     key = key_for("untagged", t)
@@ -337,3 +362,21 @@ def test_flow_tables_keep_each_entry_in_one_table(fp: FastPath):
     assert fp.flows.lookup_batch() == [(key, forward)]
     assert pending.lookup(key) is None
     assert fp.flows.delete(key) and list(fp.flows.keys()) == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_staged_entries_are_written_before_any_other_access(fp: FastPath, family: int):
+    """FlowTables.stage() holds decided entries for one batch write; whatever touches the
+    tables next sees them, and nothing staged outlives a delete."""
+    key = key_for("untagged", flow_tuple(family, "udp"))
+    decided, pending = (fp.obj.map(name) for name in maps.TABLES[maps.key_family(key)])
+    fp.flows.update(key, maps.encode_verdict(maps.State.PENDING))
+    drop = maps.encode_verdict(maps.State.DROP, expires_ns=1)
+    fp.flows.stage(key, drop)
+    assert decided.lookup(key) is None and pending.lookup(key) is not None    # not yet
+    assert fp.flows.lookup(key) == drop
+    assert pending.lookup(key) is None          # the pending entry went with it
+    fp.flows.stage(key, maps.encode_verdict(maps.State.PASS), pending_too=False)
+    assert fp.flows.delete(key)
+    fp.flows.flush()
+    assert decided.lookup(key) is None and pending.lookup(key) is None

@@ -2,6 +2,7 @@
 """fw_ebpf.libbpf against the real kernel, with a tiny BPF object compiled by the test."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import struct
@@ -156,6 +157,23 @@ def test_iteration_and_batch_lookup_see_every_entry(obj: BpfObject) -> None:
     arr = obj.map("amap")
     arr.update(u32(2), u64(7))
     assert dict(arr.lookup_batch()) == {u32(i): u64(7 if i == 2 else 0) for i in range(4)}
+
+
+def test_batch_update_and_delete(obj: BpfObject) -> None:
+    m = obj.map("hmap")
+    items = [(u32(i), u64(i + 1)) for i in range(300)]
+    m.update_batch(items)
+    assert dict(m.lookup_batch()) == dict(items)
+    # keys that are not there are skipped, not an error; the count says what was there
+    assert m.delete_batch([u32(i) for i in range(0, 400, 2)]) == 150
+    assert dict(m.lookup_batch()) == {u32(i): u64(i + 1) for i in range(1, 300, 2)}
+    # the 1024-entry map fills up: what came before the refused item is written
+    with pytest.raises(BpfError) as e:
+        m.update_batch([(u32(i), u64(0)) for i in range(1000, 2000)])
+    assert e.value.errno == errno.E2BIG
+    assert len(m.lookup_batch()) == 1024
+    with pytest.raises(ValueError, match="batch item"):
+        m.update_batch([(b"\0\0", u64(0))])
 
 
 def test_batch_lookup_falls_back_for_maps_without_batch_ops(obj: BpfObject) -> None:

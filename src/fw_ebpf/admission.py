@@ -76,17 +76,20 @@ class Admission:
 
     # -- events from the fast path --------------------------------------------------------
 
-    def on_new(self, keys: Iterable[bytes]) -> None:
-        """The fast path saw the first packets of these flows: one batch of conntrack lookups."""
+    def on_new(self, flows: Iterable[tuple[bytes, int]]) -> None:
+        """The fast path saw the first packets of these flows (key, when: its NEW event's or
+        PENDING entry's time, 0 if not known): one batch of conntrack lookups."""
         recs = []
-        for key in keys:
+        for key, first_ns in flows:
             rec = self.book.add(key)
             if rec.state != State.PENDING:
                 continue
             if not rec.first_ns:
-                raw = self.tables.lookup_pending(key)
-                # a PENDING entry's last_seen is when the fast path saw the flow's first packet
-                rec.first_ns = maps.FLOW_HEAD.unpack_from(raw)[2] if raw else time.monotonic_ns()
+                if not first_ns:
+                    raw = self.tables.lookup_pending(key)
+                    # a PENDING entry's last_seen: when the fast path saw the first packet
+                    first_ns = maps.FLOW_HEAD.unpack_from(raw)[2] if raw else 0
+                rec.first_ns = first_ns or time.monotonic_ns()
             recs.append(rec)
         self.admit(recs)
 
@@ -97,9 +100,17 @@ class Admission:
         else:
             self.evict(key, "tcp close")
 
-    def on_proved(self, key: bytes) -> None:
-        """The egress program saw this flow leave and wrote where and how into its entry."""
-        rec, raw = self.book.get(key), self.tables.lookup(key)
+    def on_proved(self, keys: Iterable[bytes]) -> None:
+        """The egress program saw these flows leave and wrote where and how into their
+        entries: read first, then written as one batch."""
+        entries = [(key, self.tables.lookup(key)) for key in dict.fromkeys(keys)]
+        for key, raw in entries:
+            self.tables.beat()
+            self._proved(key, raw)
+        self.tables.flush()
+
+    def _proved(self, key: bytes, raw: bytes | None) -> None:
+        rec = self.book.get(key)
         if rec is None or raw is None or rec.egress is None:
             return      # gone meanwhile, or not ours yet (the sweep adopts what it finds)
         f = maps.decode_flow(raw)
@@ -124,7 +135,7 @@ class Admission:
             f.last_seen_ns = time.monotonic_ns()
         # packets the fast path counted meanwhile (an old generation's flow) are kept
         value = bytes(f) if first else raw[:_COUNTERS] + bytes(f)[_COUNTERS:]
-        self.tables.update_decided(key, value)
+        self.tables.stage(key, value, pending_too=False)
         rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
@@ -157,6 +168,7 @@ class Admission:
                 self._schedule_retry(rec, rec.attempts)
             else:
                 self.decide(rec, *answer)
+        self.tables.flush()
 
     def decide(self, rec: FlowRecord, entry: CtEntry, direction: Direction) -> None:
         why = entry.ineligible_reason()
@@ -198,7 +210,7 @@ class Admission:
         except OSError as e:    # as large as the flow table, which a burst can outrun
             self.write_verdict(rec, State.PASS, f"egress index full ({e.strerror})")
             return False
-        self.tables.update(rec.key, maps.encode_proving(ingress, out))
+        self.tables.stage(rec.key, maps.encode_proving(ingress, out))
         self.book.bind(rec, conn, direction, out)
         rec.state, rec.reason, rec.since = State.PROVING, PROVING_REASON, time.monotonic()
         self.tables.set_proving(True)
@@ -274,7 +286,7 @@ class Admission:
             ttl_ns = drop_ttl_ns(decision.until, time.time())
             if ttl_ns <= 0:
                 return
-            self.tables.update(rec.key, maps.encode_verdict(
+            self.tables.stage(rec.key, maps.encode_verdict(
                 State.DROP, expires_ns=time.monotonic_ns() + ttl_ns, gen=self.tables.gen))
             rec.state = State.DROP
             log.debug("early drop %s: %s", t, decision.reason)
@@ -309,6 +321,7 @@ class Admission:
                 rec = self.book.get(key)
                 if rec is not None:     # else evicted with its connection meanwhile
                     self._recheck(rec, found)
+            self.tables.flush()
 
     def _recheck(self, rec: FlowRecord, found: tuple[CtEntry, Direction] | None) -> None:
         if found is None:
@@ -324,7 +337,7 @@ class Admission:
     # -- verdicts and eviction ----------------------------------------------------------------
 
     def write_verdict(self, rec: FlowRecord, state: State, reason: str) -> None:
-        self.tables.update(rec.key, maps.encode_verdict(state, gen=self.tables.gen))
+        self.tables.stage(rec.key, maps.encode_verdict(state, gen=self.tables.gen))
         self._unindex(rec)
         rec.state, rec.reason = state, reason
 

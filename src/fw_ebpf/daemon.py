@@ -82,7 +82,8 @@ class Daemon:
         self._stopping = False
         self._reload = False
         self._ring_read: list[bytes] = []
-        self._new_flows: collections.deque[bytes] = collections.deque()   # keys, to admit
+        # to admit: (key, when the fast path saw the flow's first packet, 0: not known)
+        self._new_flows: collections.deque[tuple[bytes, int]] = collections.deque()
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
         self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
@@ -323,6 +324,7 @@ class Daemon:
                 if self._reload:
                     self._reload = False
                     self.reload()
+                self.tables.flush()     # nothing staged outlives a turn of the loop
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for sig, h in handlers.items():
@@ -355,19 +357,22 @@ class Daemon:
         ring read between two."""
         self.ring.consume()   # into _ring_read: what stays in a full ring is lost
         read, self._ring_read = self._ring_read, []
+        proved, closing = [], []
         for raw in read:
-            kind, key = maps.split_event(raw)
+            kind, key, first_ns = maps.split_event(raw)
             if kind == maps.EventType.NEW:
                 if len(self._new_flows) < RING_BACKLOG:
-                    self._new_flows.append(key)
+                    self._new_flows.append((key, first_ns))
                 else:
                     self._left_pending += 1
-                continue
-            self.tables.beat()
-            if kind == maps.EventType.PROVED:
-                self.admission.on_proved(key)
+            elif kind == maps.EventType.PROVED:
+                proved.append(key)
             elif kind == maps.EventType.CLOSING:
-                self.admission.on_closing(key)
+                closing.append(key)
+        self.admission.on_proved(proved)
+        for key in closing:     # after the proofs: a flow proved and closed is gone
+            self.tables.beat()
+            self.admission.on_closing(key)
         left = min(RING_SLICE, len(self._new_flows))
         while left:
             n = min(ADMIT_CHUNK, left)
@@ -380,8 +385,8 @@ class Daemon:
         the new ones once the backlog is done."""
         self._next_catch_up = time.monotonic() + CATCH_UP_INTERVAL
         counters = self.stats()
-        waiting = set(self._new_flows)
-        waiting.update(key for kind, key in map(maps.split_event, self._ring_read)
+        waiting = {key for key, _ in self._new_flows}
+        waiting.update(key for kind, key, _ in map(maps.split_event, self._ring_read)
                        if kind == maps.EventType.NEW)
         self._new_flows.extend(self.upkeep.catch_up(
             counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST]

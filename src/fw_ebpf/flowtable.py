@@ -6,9 +6,14 @@ decided table (PROVING, FORWARD, DROP, PASS) or the pending one by its state. Th
 creates PENDING entries in the pending tables only, so a flood of new tuples can evict PENDING
 entries but never a decided one; this class keeps the daemon's PENDING entries there too. The
 egress index maps the tuple a flow leaves with to its key, for the proof (ebpfw_egress).
+
+Admission writes decided entries a batch at a time: stage() holds them until flush(), which
+writes them in one syscall per table. Every other access to the flow tables flushes first, so
+what is read or written afterwards sees them.
 """
 from __future__ import annotations
 
+import struct
 import time
 from typing import Callable, Iterator
 
@@ -16,6 +21,8 @@ from fw_ebpf import maps
 from fw_ebpf.libbpf import BpfMap
 
 _STATE = maps.Flow.state.offset
+_LAST_SEEN = struct.Struct("=Q")
+_LAST_SEEN_AT = maps.Flow.last_seen_ns.offset
 
 
 class FlowTables:
@@ -30,22 +37,56 @@ class FlowTables:
         self.proving_marks = 0      # how often a flow was made to wait for proof
         self.beat_every_ns = int(beat_every * 1e9)
         self.next_beat_ns = 0
+        # staged decided entries by family (the last value of a key wins), and the keys
+        # whose pending entry goes with them
+        self._staged: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
+        self._unpend: dict[int, list[bytes]] = {fam: [] for fam in maps.TABLES}
+        self._dirty = False
 
     def _pair(self, key: bytes) -> tuple[BpfMap, BpfMap]:
         fam = maps.key_family(key)
         return self._decided[fam], self._pending[fam]
 
+    def stage(self, key: bytes, value: bytes, pending_too: bool = True) -> None:
+        """update() of a decided value at the next flush(). pending_too False: for an entry
+        the decided table holds already, whose pending entry, if the fast path wrote one
+        meanwhile, is stale (the sweep removes it)."""
+        fam = maps.key_family(key)
+        self._staged[fam][key] = value
+        if pending_too:
+            self._unpend[fam].append(key)
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Writes what was staged: decided entries first, so the fast path never finds
+        neither."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        for fam, staged in self._staged.items():
+            if staged:
+                items = list(staged.items())
+                staged.clear()
+                self._decided[fam].update_batch(items)
+        for fam, keys in self._unpend.items():
+            if keys:
+                self._unpend[fam] = []
+                self._pending[fam].delete_batch(keys)
+
     def lookup(self, key: bytes) -> bytes | None:
+        self.flush()
         decided, pending = self._pair(key)
         value = decided.lookup(key)
         return value if value is not None else pending.lookup(key)
 
     def lookup_pending(self, key: bytes) -> bytes | None:
+        self.flush()
         return self._pair(key)[1].lookup(key)
 
     def update(self, key: bytes, value: bytes) -> None:
         """Writes the entry to the table its state belongs in and removes it from the other
         (written first, so the fast path never finds neither)."""
+        self.flush()
         decided, pending = self._pair(key)
         if value[_STATE] == maps.State.PENDING:
             pending.update(key, value)
@@ -54,40 +95,46 @@ class FlowTables:
             decided.update(key, value)
             pending.delete(key)
 
-    def update_decided(self, key: bytes, value: bytes) -> None:
-        """update() of an entry the decided table holds already: no pending entry to remove
-        (one the fast path wrote meanwhile is stale, and the sweep removes it)."""
-        self._pair(key)[0].update(key, value)
-
     def delete(self, key: bytes) -> bool:
+        self.flush()
         decided, pending = self._pair(key)
         return decided.delete(key) | pending.delete(key)
 
     def keys(self) -> Iterator[bytes]:
+        self.flush()
         for table in (*self._decided.values(), *self._pending.values()):
             yield from table.keys()
 
-    def pending_keys(self, batch: int = 256) -> list[bytes]:
-        """Every key of the pending tables."""
-        return [key for table in self._pending.values() for chunk in table.batches(batch)
-                for key, _ in chunk]
+    def pending_entries(self, batch: int = 256) -> list[tuple[bytes, int]]:
+        """Every key of the pending tables, with its last_seen (a PENDING entry's is when the
+        fast path saw the flow's first packet)."""
+        self.flush()
+        return [(key, _LAST_SEEN.unpack_from(value, _LAST_SEEN_AT)[0])
+                for table in self._pending.values() for chunk in table.batches(batch)
+                for key, value in chunk]
 
     def delete_pending(self, key: bytes) -> bool:
+        self.flush()
         return self._pair(key)[1].delete(key)
 
     def scan(self, batch: int = 256) -> Iterator[tuple[list[tuple[bytes, bytes]], bool]]:
         """Every entry, a batch at a time, decided ones first; with each batch whether it is
         of a pending table. Entries written meanwhile may be missed, moved ones seen twice."""
         for table in self._decided.values():
+            self.flush()
             for chunk in table.batches(batch):
                 yield chunk, False
+                self.flush()
         for table in self._pending.values():
+            self.flush()
             for chunk in table.batches(batch):
                 yield chunk, True
+                self.flush()
 
     def lookup_batch(self, batch: int = 256) -> list[tuple[bytes, bytes]]:
         """Every entry, decided ones first. A PENDING entry the fast path wrote while the
         daemon decided the same key is stale: it is removed, not returned."""
+        self.flush()
         out = [item for table in self._decided.values() for item in table.lookup_batch(batch)]
         decided = {key for key, _ in out}
         for table in self._pending.values():
@@ -117,6 +164,7 @@ class FlowTables:
 
     def clear(self) -> int:
         """Every flow and index entry gone; how many flow entries there were."""
+        self.flush()
         n = 0
         for table in (*self._decided.values(), *self._pending.values(), *self._egress.values()):
             for key in list(table.keys()):

@@ -129,6 +129,8 @@ for _name, _res, _args in (
     ("bpf_map_delete_elem", _I, (_I, _P)),
     ("bpf_map_get_next_key", _I, (_I, _P, _P)),
     ("bpf_map_lookup_batch", _I, (_I, _P, _P, _P, _P, ctypes.POINTER(_U32), _P)),
+    ("bpf_map_update_batch", _I, (_I, _P, _P, ctypes.POINTER(_U32), _P)),
+    ("bpf_map_delete_batch", _I, (_I, _P, ctypes.POINTER(_U32), _P)),
     ("bpf_obj_pin", _I, (_I, _S)),
     ("bpf_obj_get", _I, (_S,)),
     ("bpf_obj_get_info_by_fd", _I, (_I, _P, ctypes.POINTER(_U32))),
@@ -339,6 +341,47 @@ class BpfMap:
             return False
         _check(ret, f"map {self.name}: delete")
         return True
+
+    def update_batch(self, items: list[tuple[bytes, bytes]]) -> None:
+        """update() of each item, in order, in one syscall (a non-per-CPU map). Raises as
+        update() would for the first item the kernel refused; the items before it are
+        written, those after it are not."""
+        for key, value in items:
+            if len(key) != self.key_size or len(value) != self.value_size:
+                raise ValueError(f"map {self.name}: batch item of {len(key)}/{len(value)} "
+                                 f"bytes, expected {self.key_size}/{self.value_size}")
+        keys = b"".join(key for key, _ in items)
+        values = b"".join(value for _, value in items)
+        count = _U32(len(items))
+        ret = _lib.bpf_map_update_batch(self.fd, keys, values, ctypes.byref(count), None)
+        if ret < 0 and -ret in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP) and count.value == 0:
+            count.value = 0     # no batch operations (before Linux 5.6): one at a time
+            for key, value in items:
+                self.update(key, value)
+            return
+        _check(ret, f"map {self.name}: update")
+
+    def delete_batch(self, keys: list[bytes]) -> int:
+        """delete() of each key in as few syscalls as the kernel allows (it stops at a key
+        that is not there); how many were there."""
+        size, done, deleted = self.key_size, 0, 0
+        if any(len(key) != size for key in keys):
+            raise ValueError(f"map {self.name}: batch key of the wrong size, expected {size}")
+        buf = b"".join(keys)
+        while done < len(keys):
+            count = _U32(len(keys) - done)
+            ret = _lib.bpf_map_delete_batch(self.fd, buf[done * size:], ctypes.byref(count),
+                                            None)
+            done += count.value
+            deleted += count.value
+            if ret == -errno.ENOENT:
+                done += 1       # absent: skipped
+            elif ret < 0 and -ret in (errno.EINVAL, errno.EOPNOTSUPP, ENOTSUPP) and \
+                    count.value == 0:
+                return deleted + sum(self.delete(key) for key in keys[done:])
+            else:
+                _check(ret, f"map {self.name}: delete")
+        return deleted
 
     def keys(self) -> Iterator[bytes]:
         cur: ctypes.Array[ctypes.c_char] | None = None

@@ -20,7 +20,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 FLOWS_DEFAULT = 65536
 PENDING_DEFAULT = 8192
 EGRESS_DEFAULT = 65536
-EVENTS_BYTES = 256 * 1024
+EVENTS_BYTES = 1024 * 1024
 TX_MAX = 256
 MACS_MAX = 1024
 L3_IPV4 = 4
@@ -189,7 +189,7 @@ FLOW_HEAD = struct.Struct("=QQQQBB")
 class Event(ctypes.Structure):
     _c_name_ = "ebpfw_event"
     _fields_ = [("type", ctypes.c_uint32), ("l3proto", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 3), ("key", Key)]
+                ("pad", ctypes.c_uint8 * 3), ("key", Key), ("first_ns", ctypes.c_uint64)]
 
 
 class Runtime(ctypes.Structure):
@@ -449,15 +449,21 @@ def decode_flow(raw: bytes) -> Flow:
 
 
 def decode_event(raw: bytes) -> tuple[EventType, KeyInfo]:
-    kind, key = split_event(raw)
+    kind, key, _ = split_event(raw)
     return EventType(kind), decode_key(key)
 
 
-def split_event(raw: bytes) -> tuple[int, bytes]:
-    """(event type, raw flow key of its family's tables) of a ring buffer record."""
-    ev = Event.from_buffer_copy(raw[:ctypes.sizeof(Event)])
-    key = bytes(ev.key)
-    return ev.type, key[:KEY4_LEN] if ev.l3proto == L3_IPV4 else key
+_EVENT_HEAD = struct.Struct("=IB")
+_EVENT_KEY = Event.key.offset
+_EVENT_FIRST = struct.Struct("=Q")
+_EVENT_FIRST_AT = Event.first_ns.offset
+
+
+def split_event(raw: bytes) -> tuple[int, bytes, int]:
+    """(event type, raw flow key of its family's tables, first_ns) of a ring buffer record."""
+    kind, l3proto = _EVENT_HEAD.unpack_from(raw)
+    end = _EVENT_KEY + (KEY4_LEN if l3proto == L3_IPV4 else KEY6_LEN)
+    return kind, raw[_EVENT_KEY:end], _EVENT_FIRST.unpack_from(raw, _EVENT_FIRST_AT)[0]
 
 
 def encode_config(heartbeat_timeout_s: float, event_rate: int = EVENT_RATE,

@@ -156,7 +156,7 @@ class Upkeep:
         idle: set[bytes] = set()
         closing: set[bytes] = set()
         gen = self.tables.gen
-        unheard: list[bytes] = []
+        unheard: list[tuple[bytes, int]] = []
         proved: list[bytes] = []
         done = 0
         for chunk, pending in self._scan:
@@ -168,7 +168,7 @@ class Upkeep:
                 if noted is None:
                     if state == State.PENDING:  # a flood must not cost a conntrack lookup each
                         if recover and len(unheard) < self._adoptable:
-                            unheard.append(key)
+                            unheard.append((key, last_seen))
                         continue
                     self.adopt(key, State(state))
                     continue
@@ -213,9 +213,7 @@ class Upkeep:
             self._scan = None
         self._adoptable -= len(unheard)
         self.admission.on_new(unheard)      # NEW events shed or lost
-        for key in proved:
-            self.tables.beat()
-            self.admission.on_proved(key)
+        self.admission.on_proved(proved)
         self.recovered += len(unheard) + len(proved)
         for conn in closing:
             self.admission.evict_connection(conn, "tcp close")
@@ -229,15 +227,16 @@ class Upkeep:
         self.last_sweep_s = time.monotonic() - start
         self.last_sweep_cpu_s = time.thread_time() - cpu
 
-    def catch_up(self, missed: int, waiting: Container[bytes]) -> list[bytes]:
+    def catch_up(self, missed: int, waiting: Container[bytes]) -> list[tuple[bytes, int]]:
         """`missed`: NEW events the fast path shed (its rate limit) or lost (a full ring) so
         far. When it grew, their flows wait in the pending tables: their keys are returned, to
         be admitted like new flows now, not when the sweep's cycle comes to them (seconds, in
-        a big table); within the sweep's allowance of adoptions. `waiting`: keys whose events
+        a big table), with when they were first seen; within the sweep's allowance of
+        adoptions. `waiting`: keys whose events
         were read but not handled yet."""
         if missed == self._missed or self._adoptable <= 0:
             return []
-        unheard = [key for key in self.tables.pending_keys(BATCH)
+        unheard = [(key, first_ns) for key, first_ns in self.tables.pending_entries(BATCH)
                    if key not in self.book and key not in waiting]
         if len(unheard) <= self._adoptable:
             self._missed = missed       # else the rest waits for the next call
@@ -288,7 +287,7 @@ class Upkeep:
         still has its connection (it is of an old generation: proved again before it forwards
         anything); a verdict is made again."""
         if state == State.PENDING:
-            self.admission.on_new([key])
+            self.admission.on_new([(key, 0)])
             return
         if state not in (State.FORWARD, State.PROVING):
             self.tables.delete(key)

@@ -35,7 +35,7 @@
 
 #define EBPFW_FLOWS_DEFAULT	65536	/* ebpfw_flows4/6 max_entries unless the loader sets them */
 #define EBPFW_PENDING_DEFAULT	8192	/* ebpfw_pending4/6 max_entries unless the loader sets them */
-#define EBPFW_EVENTS_BYTES	(256 * 1024)
+#define EBPFW_EVENTS_BYTES	(1024 * 1024)	/* 16k events; NEW take half at most */
 #define EBPFW_TX_MAX		256	/* egress devices in ebpfw_tx */
 #define EBPFW_EGRESS_DEFAULT	65536	/* ebpfw_egress4/6 max_entries unless the loader sets them */
 #define EBPFW_MACS_MAX		1024	/* addresses in ebpfw_macs */
@@ -166,6 +166,7 @@ struct ebpfw_event {
 	__u8 l3proto;		/* EBPFW_L3_*: key.v4 or key.v6 */
 	__u8 pad[3];
 	union ebpfw_key key;
+	__u64 first_ns;		/* NEW: the PENDING entry's last_seen_ns, else 0 */
 };
 
 /* Single entry of ebpfw_runtime, written by the daemon */
