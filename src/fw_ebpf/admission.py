@@ -43,7 +43,6 @@ FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
-_COUNTERS = 24      # packets and bytes lead a flow value (maps.FLOW_HEAD)
 _L4PROTO = maps.Key4.l4proto.offset
 
 Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
@@ -113,32 +112,27 @@ class Admission:
         rec = self.book.get(key)
         if rec is None or raw is None or rec.egress is None:
             return      # gone meanwhile, or not ours yet (the sweep adopts what it finds)
-        f = maps.decode_flow(raw)
-        if f.state not in (State.PROVING, State.FORWARD) or not f.flags & maps.F_REPORTED:
+        p = maps.decode_proof(raw)
+        if p.state not in (State.PROVING, State.FORWARD) or not p.flags & maps.F_REPORTED:
             return
-        first = f.state == State.PROVING
+        first = p.state == State.PROVING
         ingress = maps.key_ifindex(key)
         xdp, tc = self._hooks(ingress)
-        tc_only = f.oif not in self._tx_devices() or self.links.shaped(f.oif)
+        tc_only = p.oif not in self._tx_devices() or self.links.shaped(p.oif)
         if tc_only and not tc:
-            self.write_verdict(rec, State.PASS, f"leaves by {self.links.name(f.oif)}, which "
+            self.write_verdict(rec, State.PASS, f"leaves by {self.links.name(p.oif)}, which "
                                f"only the tc hook can send to; {self.links.name(ingress)} has "
                                f"{xdp or 'no'} XDP and no tc hook")
             return
-        f.state, f.gen = State.FORWARD, self.tables.gen
-        f.mtu = max(0, self._egress_mtu(f.oif, f.l2.dsa_port)
-                    - (PPPOE_HLEN if f.l2.pppoe_sid else 0))
-        f.flags &= ~(maps.F_REPORTED | maps.F_TC_ONLY)
-        if tc_only:
-            f.flags |= maps.F_TC_ONLY
-        if first:
-            f.last_seen_ns = time.monotonic_ns()
+        mtu = max(0, self._egress_mtu(p.oif, p.dsa_port) - (PPPOE_HLEN if p.pppoe_sid else 0))
+        flags = p.flags & ~(maps.F_REPORTED | maps.F_TC_ONLY) | (maps.F_TC_ONLY if tc_only else 0)
         # packets the fast path counted meanwhile (an old generation's flow) are kept
-        value = bytes(f) if first else raw[:_COUNTERS] + bytes(f)[_COUNTERS:]
-        self.tables.stage(key, value, pending_too=False)
+        self.tables.stage(key, maps.encode_forwarding(
+            raw, flags, mtu, self.tables.gen, time.monotonic_ns() if first else 0),
+            pending_too=False)
         rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(f.oif),
+            log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(p.oif),
                       "tc" if tc_only else "xdp or tc")
         if not first:
             return
@@ -150,7 +144,7 @@ class Admission:
             # the first direction the fast path carries: ACKs the stack saw meanwhile set
             # MAXACK, and that breaks conntrack's check of the closing RST
             self.conntrack.set_liberal(conn)
-        self._pair(rec, f)
+        self._pair(rec, p)
 
     # -- deciding a PENDING flow ------------------------------------------------------------
 
@@ -216,18 +210,18 @@ class Admission:
         self.tables.set_proving(True)
         return True
 
-    def _pair(self, rec: FlowRecord, f: maps.Flow) -> None:
+    def _pair(self, rec: FlowRecord, p: maps.Proof) -> None:
         """The other direction enters where this one leaves (routing is symmetric, mostly),
         tagged as this one leaves: it waits for its proof there at once. If it enters
         elsewhere, its own first packet asks for it like any other flow's."""
         if rec.conn is None or rec.egress is None:
             return
         back = maps.reverse_id(rec.egress)
-        vids = [tci & 0x0FFF for tci in f.l2.vlan_tci[:f.l2.vlans]] + [0, 0]
-        port = f.l2.dsa_port
-        key = maps.id_key(f.oif, back, vlan=(vids[0], vids[1]), pppoe_sid=f.l2.pppoe_sid,
+        vids = [tci & 0x0FFF for tci in p.vlan_tci] + [0, 0]
+        port = p.dsa_port
+        key = maps.id_key(p.oif, back, vlan=(vids[0], vids[1]), pppoe_sid=p.pppoe_sid,
                           dsa_port=port if port == maps.NO_DSA_PORT else port & DSA_PORT_MASK)
-        if key == rec.key or self._hooks(f.oif) == (None, False):
+        if key == rec.key or self._hooks(p.oif) == (None, False):
             return
         other = self.book.add(key)
         if other.state == State.PENDING:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Iterator
 
 from fw_ebpf import maps
@@ -142,7 +142,9 @@ class FlowBook:
         self._conn_expiry = array("d")      # when conntrack's timeout of it ends (0: not known)
         self._conn_free: list[int] = []
         self._by_egress: dict[bytes, int] = {}              # egress tuple_id -> slot
-        self._waiting: dict[bytes, set[bytes]] = defaultdict(set)   # packet tuple_id -> keys
+        # packet tuple_id -> slots of the records without a connection yet (a tuple, not a
+        # set: a burst holds tens of thousands, nearly all alone with their tuple)
+        self._waiting: dict[bytes, tuple[int, ...]] = {}
         self.records = _Records(self)
         # what the fast path carried for entries no longer in the book (status reports totals)
         self.retired_packets = 0
@@ -181,7 +183,8 @@ class FlowBook:
                            self._last_seen, self._packets, self._bytes):
                 column.append(0)
         self._slots[key] = slot
-        self._waiting[maps.key_tuple_id(key)].add(key)
+        tid = maps.key_tuple_id(key)
+        self._waiting[tid] = self._waiting.get(tid, ()) + (slot,)
         return FlowRecord(self, slot, key)
 
     def bind(self, rec: FlowRecord, conn: bytes, direction: int, egress: bytes) -> None:
@@ -228,10 +231,12 @@ class FlowBook:
             del self._by_egress[egress]
         assert key is not None
         tid = maps.key_tuple_id(key)
-        keys = self._waiting.get(tid)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
+        slots = self._waiting.get(tid)
+        if slots is not None and slot in slots:
+            rest = tuple(s for s in slots if s != slot)
+            if rest:
+                self._waiting[tid] = rest
+            else:
                 del self._waiting[tid]
 
     def remove(self, key: bytes) -> FlowRecord | None:
@@ -295,8 +300,9 @@ class FlowBook:
 
     def waiting_for(self, *tuple_ids: bytes) -> list[FlowRecord]:
         """Records without a conntrack entry yet whose packets have one of these tuples."""
-        return [FlowRecord(self, self._slots[k], k) for t in tuple_ids
-                for k in self._waiting.get(t, ())]
+        keys = self._keys
+        return [FlowRecord(self, s, keys[s]) for t in tuple_ids  # type: ignore[arg-type]
+                for s in self._waiting.get(t, ())]
 
     def in_state(self, *states: State) -> list[FlowRecord]:
         keys = self._keys

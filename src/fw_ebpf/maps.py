@@ -14,6 +14,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -390,6 +391,43 @@ def encode_proving(orig: Tuple | bytes, post: Tuple | bytes, last_seen_ns: int =
     value = bytearray(_PROVING)
     _LAST_SEEN.pack_into(value, Flow.last_seen_ns.offset, last_seen_ns)
     _nat(value, as_id(orig), as_id(post))
+    return bytes(value)
+
+
+class Proof(NamedTuple):
+    """What the egress program wrote into a flow's value when the kernel forwarded it."""
+    state: int
+    flags: int
+    oif: int
+    vlan_tci: tuple[int, ...]   # outer first, as many as the frame leaves with
+    pppoe_sid: int
+    dsa_port: int
+
+
+_ROUTE = struct.Struct("=BBHI")     # state, flags, mtu, oif: contiguous in Flow
+_ROUTE_AT = Flow.state.offset
+_L2_TAGS = struct.Struct("=HHHBB")  # vlan_tci[2], pppoe_sid, vlans, dsa_port: the end of L2
+_L2_TAGS_AT = Flow.l2.offset + L2.vlan_tci.offset
+_GEN = struct.Struct("=I")
+
+
+def decode_proof(raw: bytes) -> Proof:
+    """decode_flow() of the fields admission reads from a proved value, without ctypes."""
+    state, flags, _, oif = _ROUTE.unpack_from(raw, _ROUTE_AT)
+    tci0, tci1, pppoe_sid, vlans, dsa_port = _L2_TAGS.unpack_from(raw, _L2_TAGS_AT)
+    return Proof(state, flags, oif, (tci0, tci1)[:vlans], pppoe_sid, dsa_port)
+
+
+def encode_forwarding(raw: bytes, flags: int, mtu: int, gen: int, last_seen_ns: int = 0) \
+        -> bytes:
+    """A proved value made FORWARD: everything else as the fast path left it (counters
+    too); last_seen_ns 0 keeps it."""
+    value = bytearray(raw)
+    oif = _ROUTE.unpack_from(raw, _ROUTE_AT)[3]
+    _ROUTE.pack_into(value, _ROUTE_AT, State.FORWARD, flags, mtu, oif)
+    _GEN.pack_into(value, Flow.gen.offset, gen)
+    if last_seen_ns:
+        _LAST_SEEN.pack_into(value, Flow.last_seen_ns.offset, last_seen_ns)
     return bytes(value)
 
 
