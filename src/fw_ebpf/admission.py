@@ -194,7 +194,7 @@ class Admission:
                out: bytes) -> bool:
         """Makes a flow PROVING: the kernel's next forwarded packet of it is the proof.
         ingress, out: the tuples (tuple_id) it arrives and leaves with."""
-        other = self.book.leaving_as(out)
+        other = self.book.bound(conn, direction)
         if other is not None and other.key != rec.key:
             self.write_verdict(rec, State.PASS, "this direction of the connection already "
                                f"enters by {self.links.name(other.info.ifindex)}")
@@ -336,7 +336,8 @@ class Admission:
         rec.state, rec.reason = state, reason
 
     def _unindex(self, rec: FlowRecord) -> None:
-        if rec.egress is not None and self.book.leaving_as(rec.egress) == rec:
+        if rec.egress is not None and rec.conn is not None and \
+                self.book.bound(rec.conn, rec.direction) == rec:
             self.tables.unindex(rec.egress)
 
     def evict(self, key: bytes, why: str) -> None:

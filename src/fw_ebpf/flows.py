@@ -141,7 +141,6 @@ class FlowBook:
         self._conn_flows = array("i")                       # 2 per row: direction 0, 1
         self._conn_expiry = array("d")      # when conntrack's timeout of it ends (0: not known)
         self._conn_free: list[int] = []
-        self._by_egress: dict[bytes, int] = {}              # egress tuple_id -> slot
         # packet tuple_id -> slots of the records without a connection yet (a tuple, not a
         # set: a burst holds tens of thousands, nearly all alone with their tuple)
         self._waiting: dict[bytes, tuple[int, ...]] = {}
@@ -209,7 +208,6 @@ class FlowBook:
             self._conn_of[other], self._direction[other] = _NONE, -1
         self._conn_flows[2 * row + direction] = slot
         self._conn_of[slot], self._direction[slot], self._egress[slot] = row, direction, egress
-        self._by_egress[egress] = slot
 
     def _forget(self, slot: int) -> None:
         """Takes the record out of every index (its fields stay as they are)."""
@@ -226,9 +224,6 @@ class FlowBook:
                 self._conn_ids[row] = None
                 self._conn_free.append(row)
             self._conn_of[slot] = _NONE
-        egress = self._egress[slot]
-        if egress is not None and self._by_egress.get(egress) == slot:
-            del self._by_egress[egress]
         assert key is not None
         tid = maps.key_tuple_id(key)
         slots = self._waiting.get(tid)
@@ -290,12 +285,14 @@ class FlowBook:
         if row is not None:
             self._conn_expiry[row] = when
 
-    def leaving_as(self, egress: bytes) -> FlowRecord | None:
-        """The record that leaves with this tuple (one per connection and direction)."""
-        slot = self._by_egress.get(egress)
-        if slot is None:
+    def bound(self, conn: bytes, direction: int) -> FlowRecord | None:
+        """The record of this direction of the connection: the one that leaves with its
+        egress tuple (the tuple is conntrack's, one per connection and direction)."""
+        row = self._conn_rows.get(conn)
+        if row is None:
             return None
-        key = self._keys[slot]
+        slot = self._conn_flows[2 * row + direction]
+        key = self._keys[slot] if slot != _NONE else None
         return None if key is None else FlowRecord(self, slot, key)
 
     def waiting_for(self, *tuple_ids: bytes) -> list[FlowRecord]:

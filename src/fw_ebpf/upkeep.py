@@ -299,7 +299,7 @@ class Upkeep:
             return
         entry, direction = found
         conn, out = entry.orig_id, entry.egress_id(direction)
-        owner = self.book.leaving_as(out)
+        owner = self.book.bound(conn, direction.value)
         if owner is not None and owner != rec:
             self.admission.evict(key, "re-adopt: another ingress carries this direction")
             return
@@ -317,6 +317,7 @@ class Upkeep:
             self.tables.beat()
             self.adopt(key, State(maps.FLOW_HEAD.unpack_from(value)[4]))
         for egress, key in indexed:   # index entries whose flow is gone
-            if self.book.leaving_as(egress) is None:
+            rec = self.book.get(key)
+            if rec is None or rec.egress != egress:
                 self.tables.unindex(egress)
         return len(self.book.in_state(State.FORWARD))
