@@ -37,9 +37,9 @@ def _book(n: int, seed: int = 1) -> FlowBook:
         rec = book.add(maps.encode_key(1000 + i % 7, t, vlan=(4094, 4094)))
         rec.state = list(State)[i % len(State)]
         rec.reason = "no conntrack entry; fw4 drop: rule 'Block-some-long-named-thing'"
-        rec.egress = maps.tuple_id(Tuple(t.l4proto,
-                                         dst if v6 else ipaddress.IPv4Address("198.51.100.250"),
-                                         src, 65535, 40000 + i % 20000))
+        book.bind(rec, maps.tuple_id(t), 0, maps.tuple_id(Tuple(
+            t.l4proto, dst if v6 else ipaddress.IPv4Address("198.51.100.250"), src, 65535,
+            40000 + i % 20000)))
         rec.packets = rnd.randrange(1 << 40)
         rec.bytes = rnd.randrange(1 << 50)
         rec.last_seen_ns = 1

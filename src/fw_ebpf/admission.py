@@ -336,9 +336,10 @@ class Admission:
         rec.state, rec.reason = state, reason
 
     def _unindex(self, rec: FlowRecord) -> None:
-        if rec.egress is not None and rec.conn is not None and \
-                self.book.bound(rec.conn, rec.direction) == rec:
-            self.tables.unindex(rec.egress)
+        conn, egress = rec.conn, rec.egress
+        if conn is not None and egress is not None and \
+                self.book.bound(conn, rec.direction) == rec:
+            self.tables.unindex(egress)
 
     def evict(self, key: bytes, why: str) -> None:
         rec = self.book.get(key)

@@ -64,8 +64,16 @@ class FlowRecord:
         """Of that connection: 0 original, 1 reply, -1 none."""
         return self.book._direction[self.slot]
 
-    egress = _column("_egress", "tuple_id of the tuple it leaves with (after NAT); FlowBook.bind "
-                                "sets it with its index")
+    @property
+    def egress(self) -> bytes | None:
+        """tuple_id of the tuple it leaves with (after NAT), while bound to a connection: the
+        reverse of the other direction's arriving tuple."""
+        book = self.book
+        row = book._conn_of[self.slot]
+        if row == _NONE:
+            return None
+        other = book._conn_reply[row] if book._direction[self.slot] == 0 else book._conn_ids[row]
+        return None if other is None else maps.reverse_id(other)
 
     @property
     def info(self) -> KeyInfo:
@@ -124,7 +132,6 @@ class FlowBook:
         self._keys: list[bytes | None] = []
         self._state: list[State | None] = []
         self._reason: list[str] = []
-        self._egress: list[bytes | None] = []
         self._conn_of = array("i")                          # the connection's row, or -1
         self._direction = array("b")
         self._attempts = array("H")
@@ -138,6 +145,7 @@ class FlowBook:
         # connections: a row each, with the slots of its two directions
         self._conn_rows: dict[bytes, int] = {}
         self._conn_ids: list[bytes | None] = []
+        self._conn_reply: list[bytes | None] = []           # conntrack's reply tuple_id
         self._conn_flows = array("i")                       # 2 per row: direction 0, 1
         self._conn_expiry = array("d")      # when conntrack's timeout of it ends (0: not known)
         self._conn_free: list[int] = []
@@ -166,7 +174,7 @@ class FlowBook:
         if self._free:
             slot = self._free.pop()
             self._keys[slot], self._state[slot] = key, State.PENDING
-            self._reason[slot], self._egress[slot] = "new", None
+            self._reason[slot] = "new"
             self._conn_of[slot], self._direction[slot] = _NONE, -1
             self._created[slot] = time.monotonic()
         else:
@@ -174,7 +182,6 @@ class FlowBook:
             self._keys.append(key)
             self._state.append(State.PENDING)
             self._reason.append("new")
-            self._egress.append(None)
             self._conn_of.append(_NONE)
             self._direction.append(-1)
             self._created.append(time.monotonic())
@@ -196,10 +203,12 @@ class FlowBook:
             if self._conn_free:
                 row = self._conn_free.pop()
                 self._conn_ids[row] = conn
+                self._conn_reply[row] = None
                 self._conn_expiry[row] = 0.0
             else:
                 row = len(self._conn_ids)
                 self._conn_ids.append(conn)
+                self._conn_reply.append(None)
                 self._conn_flows.extend((_NONE, _NONE))
                 self._conn_expiry.append(0.0)
             self._conn_rows[conn] = row
@@ -207,7 +216,10 @@ class FlowBook:
         if other != _NONE and other != slot:    # not two records for one direction
             self._conn_of[other], self._direction[other] = _NONE, -1
         self._conn_flows[2 * row + direction] = slot
-        self._conn_of[slot], self._direction[slot], self._egress[slot] = row, direction, egress
+        self._conn_of[slot], self._direction[slot] = row, direction
+        # conntrack's reply tuple: what direction 1 arrives with, direction 0 leaves reversed
+        self._conn_reply[row] = maps.reverse_id(egress) if direction == 0 else \
+            maps.key_tuple_id(rec.key)
 
     def _forget(self, slot: int) -> None:
         """Takes the record out of every index (its fields stay as they are)."""
@@ -221,7 +233,7 @@ class FlowBook:
                 conn = self._conn_ids[row]
                 assert conn is not None
                 del self._conn_rows[conn]
-                self._conn_ids[row] = None
+                self._conn_ids[row] = self._conn_reply[row] = None
                 self._conn_free.append(row)
             self._conn_of[slot] = _NONE
         assert key is not None
@@ -243,7 +255,7 @@ class FlowBook:
         self.retired_packets += self._packets[slot]
         self.retired_bytes += self._bytes[slot]
         self._forget(slot)
-        self._keys[slot] = self._state[slot] = self._egress[slot] = None
+        self._keys[slot] = self._state[slot] = None
         self._reason[slot] = ""
         for column in (self._attempts, self._swept, self._since, self._first_ns,
                        self._last_seen, self._packets, self._bytes):
