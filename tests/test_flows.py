@@ -53,3 +53,4 @@ def test_slots_and_rows_are_reused_with_nothing_left_of_the_last_owner():
     assert book.waiting_for(conn) == [again]
     book.bind(again, conn, 1, maps.reverse_id(conn))   # the same row, told nothing yet
     assert book.ct_expiry(conn) == 0.0 and again.egress == maps.reverse_id(conn)
+

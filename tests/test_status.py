@@ -13,6 +13,7 @@ import pytest
 
 from conftest import requires_root
 from fw_ebpf import maps
+from fw_ebpf.admission import Samples
 from fw_ebpf.flows import FlowBook
 from fw_ebpf.libbpf import open_pinned_map
 from fw_ebpf.maps import Tuple
@@ -122,3 +123,10 @@ def _pass_heartbeat(lab: Lab) -> int:
     """The fast-path counter, read from the pinned map (the daemon cannot answer now)."""
     with open_pinned_map(os.path.join(lab.pin_dir, "ebpfw_stats")) as stats:
         return maps.sum_stats(stats.lookup_percpu(bytes(4)))[maps.Counter.PASS_HEARTBEAT]
+
+
+def test_latency_samples_keep_the_last_ones():
+    s = Samples(size=4)
+    for v in range(1, 11):
+        s.append(v / 2)
+    assert sorted(s) == [3.5, 4.0, 4.5, 5.0] and len(s) == 4
