@@ -57,6 +57,8 @@ RING_BACKLOG = 16384
 ADMIT_CHUNK = 256
 # how often the fast path's counts of shed and lost NEW events are looked at (Upkeep.catch_up)
 CATCH_UP_INTERVAL = 0.1
+# how often at most the PROVING flows are looked at after ring events were lost
+PROOF_CHECK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Daemon:
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
         self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
+        self._events_lost = 0       # the fast path's count when the proofs were last checked
+        self._next_proof_check = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
         self._macs: dict[bytes, int] = {}    # ebpfw_macs: address -> a device with it
         self.fw4 = Fw4Keeper(self._read_model, self._make_policy)
@@ -391,6 +395,14 @@ class Daemon:
         self._new_flows.extend(self.upkeep.catch_up(
             counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST]
             + self._left_pending, waiting))
+        now = time.monotonic()
+        if counters[maps.Counter.EVENT_LOST] != self._events_lost and \
+                now >= self._next_proof_check:
+            # a PROVED event lost to a full ring: its flow would wait for the sweep's cycle
+            # (half a minute at 64k); the PROVING flows are few, each is looked up now
+            self._events_lost = counters[maps.Counter.EVENT_LOST]
+            self._next_proof_check = now + PROOF_CHECK_INTERVAL
+            self.admission.on_proved([r.key for r in self.book.in_state(State.PROVING)])
 
     def _on_conntrack(self) -> None:
         try:
