@@ -43,6 +43,7 @@ FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
+RETRY_SLICE = 1024      # retries a turn of the daemon's loop, so it answers between two
 _L4PROTO = maps.Key4.l4proto.offset
 
 Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
@@ -268,10 +269,12 @@ class Admission:
     def next_retry(self) -> float:
         return self._retries[0][0] if self._retries else math.inf
 
-    def run_retries(self) -> None:
+    def run_retries(self, limit: int = RETRY_SLICE) -> None:
+        """At most `limit` due retries (a flood of rejected tuples makes thousands due at
+        once, each a policy decision at its last): the rest stay due for the next turn."""
         now = time.monotonic()
-        due = []
-        while self._retries and self._retries[0][0] <= now:
+        due: list[FlowRecord] = []
+        while self._retries and self._retries[0][0] <= now and len(due) < limit:
             _, _, key = heapq.heappop(self._retries)
             rec = self.book.get(key)
             if rec is not None and rec.state == State.PENDING:
