@@ -386,7 +386,7 @@ class Daemon:
 
     def _catch_up(self) -> None:
         """Flows whose NEW event the fast path shed or lost, or the backlog passed over, join
-        the new ones once the backlog is done."""
+        the new ones once the backlog is done; flows whose PROVED event was lost are found."""
         self._next_catch_up = time.monotonic() + CATCH_UP_INTERVAL
         counters = self.stats()
         waiting = {key for key, _ in self._new_flows}

@@ -232,8 +232,7 @@ class Upkeep:
         far. When it grew, their flows wait in the pending tables: their keys are returned, to
         be admitted like new flows now, not when the sweep's cycle comes to them (seconds, in
         a big table), with when they were first seen; within the sweep's allowance of
-        adoptions. `waiting`: keys whose events
-        were read but not handled yet."""
+        adoptions. `waiting`: keys whose events were read but not handled yet."""
         if missed == self._missed or self._adoptable <= 0:
             return []
         unheard = [(key, first_ns) for key, first_ns in self.tables.pending_entries(BATCH)
