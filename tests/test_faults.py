@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,9 @@ from conftest import requires_root
 from e2e import OFFLOAD_WAIT, attached, finish, flows_of, gated_flow, wait_offloaded
 from fw_ebpf import maps
 from fw_ebpf.libbpf import open_pinned_map
-from lab import ALT_GATEWAY6, EBPFW, GATEWAY4, ROOT, SERVER6, Lab, ruleset_path
+from fw_ebpf.loader import pending_size
+from lab import (ALT_GATEWAY6, CLIENT4, EBPFW, GATEWAY4, ROOT, ROUTER_WAN4, SERVER6, Lab,
+                 ruleset_path, run)
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
@@ -145,6 +148,28 @@ def test_full_egress_index_leaves_new_flows_to_the_stack(lab: Lab):
     for proc in (old, new):
         result = finish(proc)
         assert result["received"] == result["sent"] > 50 and result["corrupt"] == 0
+
+
+@requires_root
+def test_undecided_flows_the_pending_table_dropped_are_forgotten(lab: Lab):
+    """A flood of tuples fw4 rejects, four times what the PENDING table holds: the LRU takes
+    most entries before the sweep reads them. The daemon heard of each (a NEW event), and
+    forgets the ones a sweep cycle no longer finds; those it finds go when undecided too long.
+    Nothing of the flood stays in the book."""
+    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
+    lab.start_daemon("--flows-max", "1024", "--event-rate", "100000")
+    flood = 4 * pending_size(1024)
+    send = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for port in range(20000, {20000 + flood}):\n"
+            f"    s.sendto(b'x', ('{CLIENT4}', port))\n")
+    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
+    peak = lab.wait_for(lambda: (n := lab.status()["flows"]["pending"]) > pending_size(1024)
+                        and n, what="more undecided flows than the PENDING table holds",
+                        timeout=OFFLOAD_WAIT)
+    lab.wait_for(lambda: lab.status()["flows"]["pending"] == 0,
+                 what=f"all {peak} undecided flows forgotten", timeout=120, interval=0.5)
+    assert lab.ctl_ok()
 
 
 # -- a host that lacks what the fast path needs: one line, nothing attached, firewall as it was

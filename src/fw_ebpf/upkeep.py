@@ -246,10 +246,18 @@ class Upkeep:
 
     def _end_cycle(self, cycle: int) -> None:
         """The whole table was read: what the book holds and it did not is gone (the LRU took
-        it), unless it came or moved while the cycle ran."""
+        it), unless it came or moved while the cycle ran.
+
+        An undecided or verdict record holds nothing else in the kernel: it is forgotten
+        without a lookup (after a flood the LRU takes thousands), and should its entry still
+        be there, the next cycle adopts it. A carried flow is looked up: its egress index
+        entry goes with it."""
         for key in self.book.not_swept(cycle, self._cycle_start):
             self.tables.beat()
-            if self.tables.lookup(key) is None:
+            rec = self.book.get(key)
+            if rec is not None and rec.state in (State.PENDING, State.PASS, State.DROP):
+                self.book.remove(key)
+            elif self.tables.lookup(key) is None:
                 self.admission.evict(key, "evicted from the table")
         self.stale = self._cycle_stale
         # the egress program looks at forwarded packets only while some flow waits for proof
