@@ -133,7 +133,7 @@ class Admission:
 
     def _proved(self, key: bytes, raw: bytes | None) -> None:
         rec = self.book.get(key)
-        if rec is None or raw is None or rec.egress is None:
+        if rec is None or raw is None or rec.conn is None:
             return      # gone meanwhile, or not ours yet (the sweep adopts what it finds)
         p = maps.decode_proof(raw)
         if p.state not in (State.PROVING, State.FORWARD) or not p.flags & maps.F_REPORTED:
@@ -237,9 +237,9 @@ class Admission:
         """The other direction enters where this one leaves (routing is symmetric, mostly),
         tagged as this one leaves: it waits for its proof there at once. If it enters
         elsewhere, its own first packet asks for it like any other flow's."""
-        if rec.conn is None or rec.egress is None:
+        back = rec.other_arrives
+        if rec.conn is None or back is None:
             return
-        back = maps.reverse_id(rec.egress)
         vids = [tci & 0x0FFF for tci in p.vlan_tci] + [0, 0]
         port = p.dsa_port
         key = maps.id_key(p.oif, back, vlan=(vids[0], vids[1]), pppoe_sid=p.pppoe_sid,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import Counter
+from operator import attrgetter
 from typing import Iterator
 
 from fw_ebpf import maps
@@ -26,11 +27,13 @@ _NONE = -1
 
 
 def _column(name: str, doc: str) -> property:
+    column = attrgetter(name)   # read on every access of every field: no getattr by name
+
     def get(rec: FlowRecord) -> object:
-        return getattr(rec.book, name)[rec.slot]
+        return column(rec.book)[rec.slot]
 
     def put(rec: FlowRecord, value: object) -> None:
-        getattr(rec.book, name)[rec.slot] = value
+        column(rec.book)[rec.slot] = value
     return property(get, put, doc=doc)
 
 
@@ -68,12 +71,17 @@ class FlowRecord:
     def egress(self) -> bytes | None:
         """tuple_id of the tuple it leaves with (after NAT), while bound to a connection: the
         reverse of the other direction's arriving tuple."""
+        other = self.other_arrives
+        return None if other is None else maps.reverse_id(other)
+
+    @property
+    def other_arrives(self) -> bytes | None:
+        """tuple_id of the tuple the other direction of its connection arrives with."""
         book = self.book
         row = book._conn_of[self.slot]
         if row == _NONE:
             return None
-        other = book._conn_reply[row] if book._direction[self.slot] == 0 else book._conn_ids[row]
-        return None if other is None else maps.reverse_id(other)
+        return book._conn_reply[row] if book._direction[self.slot] == 0 else book._conn_ids[row]
 
     @property
     def info(self) -> KeyInfo:
