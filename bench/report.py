@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import RESULTS, ROOT  # noqa: E402
+from fw_ebpf import maps  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 Results = dict[str, Any]
@@ -709,8 +710,9 @@ def _soak(s: Results | None) -> list[str]:
                    f"{r['counters']['event_shed']:,} | {r['counters']['event_lost']:,} | "
                    f"{r['ct_lingering']} |")
     out += ["", "Shed and lost events are the fast path's counters since the daemon started: "
-            "connections open faster than the NEW events' rate limit (256 a second per CPU), "
-            "the rest are shed and the sweep adopts their PENDING entries. \"Closed but kept "
+            "NEW events over the rate limit (event_rate, as shipped "
+            f"{maps.EVENT_RATE:,} a second per CPU) or into a ring more than half full are "
+            "shed, and the daemon takes their flows up from the pending tables. \"Closed but kept "
             "in conntrack\": TCP entries in a closing state (FIN_WAIT .. CLOSE) whose time left "
             "exceeds that state's timeout, seen while the round drains: a timeout written after "
             "the connection closed (the daemon refreshes the conntrack timeout of offloaded "
