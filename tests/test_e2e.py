@@ -82,20 +82,26 @@ def test_dropped_flow_is_never_forwarded(lab: Lab):
 # -- keeping flows alive and letting them go ------------------------------------------------
 
 
-def test_active_udp_flow_outlives_its_conntrack_timeout(lab: Lab):
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_active_flow_outlives_its_conntrack_timeout(lab: Lab, proto: str):
     lab.sh(lab.router, "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=2 "
-                       "net.netfilter.nf_conntrack_udp_timeout_stream=2")
+                       "net.netfilter.nf_conntrack_udp_timeout_stream=2 "
+                       "net.netfilter.nf_conntrack_tcp_timeout_established=2")
     lab.start_daemon()
-    proc = gated_flow(lab, "udp", 43000, count=600, interval=0.01)
-    wait_offloaded(lab, 43000)
-    first = conntrack_entry(lab, "udp", 43000)
-    lab.open_gate("go")
-    result = finish(proc)   # six more seconds, all in the fast path: three conntrack timeouts
-    assert result["received"] == result["sent"]
-    last = conntrack_entry(lab, "udp", 43000)
+    sport = 43000 + (proto == "tcp")
+    proc = gated_flow(lab, proto, sport, count=600, interval=0.01, close=True)
+    wait_offloaded(lab, sport)
+    first = conntrack_entry(lab, proto, sport)
+    # six more seconds, all in the fast path: three conntrack timeouts
+    fast, stack = measured_phase(lab, sport, proc)
+    last = conntrack_entry(lab, proto, sport)
     ct_id = re.search(r"id=(\d+)", first)
     assert ct_id and f"id={ct_id.group(1)}" in last, (first, last)
-    assert len(flows_of(lab, 43000)) == 2
+    assert len(flows_of(lab, sport)) == 2
+    assert fast >= 1200 and fast >= 0.95 * (fast + stack), (fast, stack)
+    lab.open_gate("close")
+    result = finish(proc)
+    assert result["received"] == result["sent"] and result["corrupt"] == 0
 
 
 def test_idle_flow_is_evicted(lab: Lab):

@@ -44,6 +44,7 @@ _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
 _GEN_OFFSET = maps.Flow.gen.offset
+_L4PROTO = maps.Key4.l4proto.offset    # in a key or a tuple_id
 
 
 class Upkeep:
@@ -269,22 +270,21 @@ class Upkeep:
         """Keeps conntrack entries of carried flows alive.
 
         Only when half their timeout is spent: every refresh makes the kernel send an UPDATE
-        event to every listener, this daemon included, and those cost far more than the refresh.
+        event to every listener (the daemon's own socket filter drops those it caused).
         """
         full = {p: self.conntrack.established_timeout(p) for p in (socket.IPPROTO_TCP,
                                                                    socket.IPPROTO_UDP)}
         book = self.book
         due = [conn for conn in active if book.ct_expiry(conn) - now
-               < full.get(conn[maps.Key4.l4proto.offset], 120) / 2]
+               < full.get(conn[_L4PROTO], 120) / 2]
         if not due:
             return
-        self.conntrack.refresh((maps.decode_key(c).tuple for c in due),
-                               lambda t: full.get(t.l4proto, 120))
+        # sent as they are kept, packed: a Tuple of each would cost more than its message
+        self.conntrack.refresh(due, lambda t: full.get(maps.id_l4proto(maps.as_id(t)), 120))
         for conn in due:
-            book.set_ct_expiry(conn, now + full.get(conn[maps.Key4.l4proto.offset], 120))
+            book.set_ct_expiry(conn, now + full.get(conn[_L4PROTO], 120))
         # a FIN or RST that conntrack saw before the refresh landed got the established timeout
-        self.conntrack.restore_closing([maps.decode_key(c).tuple for c in due
-                                        if c[maps.Key4.l4proto.offset] == socket.IPPROTO_TCP])
+        self.conntrack.restore_closing([c for c in due if c[_L4PROTO] == socket.IPPROTO_TCP])
 
     # -- adoption -------------------------------------------------------------------------------
 
