@@ -75,6 +75,7 @@ def main() -> int:
             print(f"bench: {common.EBPFW_OBJECT} missing; run `make bpf`", file=sys.stderr)
             return 1
         common.build_programs()
+        common.compile_daemon()
         start, failed = time.monotonic(), []
         for name in args.only or DEFAULT:
             common.log(f"== {name}")
