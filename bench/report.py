@@ -511,8 +511,9 @@ def _control(c: Results | None) -> list[str]:
                    f"{_mmm(c['kb_per_connection'][lv])} | {_mmm(s['cpu_pct'])} | "
                    f"{_mmm(s['sweep_ms'], digits=1)} | {_mmm(s.get('sweep_cpu_ms'), digits=1)} |")
     out += ["", f"Fast-path packets passed for a stale heartbeat, per run: {c['heartbeat_passes']['runs']}; "
-            f"NEW events shed by the rate limit: {c['events_shed']}, lost to a full ring: "
-            f"{c['events_lost']}; flows the sweep found whose event never came: "
+            "NEW events shed (over the rate limit, or into a ring more than half full): "
+            f"{c['events_shed']}, lost to a full ring: {c['events_lost']}; flows taken up "
+            "whose event never came (from the pending tables, or found by the sweep): "
             f"{c['sweep_recovered']}. `ebpfw resync` at the top size (every flow proved again, "
             f"what a route, address or ruleset change does): {_mmm(c['resync_s'])} s. A change "
             "starts a generation, which costs the daemon nothing per flow: the fast path passes "
