@@ -408,18 +408,14 @@ class BpfMap:
         """The entries, a syscall's worth (about `batch`) at a time: a caller may stop between
         two and go on later (hash maps resume at the next bucket; entries added meanwhile to
         buckets already read are not seen)."""
-        vsize = self._value_buf_size
+        vsize, ks = self._value_buf_size, self.key_size
         # batch token: a u32 bucket for hash maps, a key for arrays
         tok_in = ctypes.create_string_buffer(max(self.key_size, 8))
         tok_out = ctypes.create_string_buffer(max(self.key_size, 8))
         first = True
         while True:
-            keys = ctypes.create_string_buffer(self.key_size * batch)
-            values = ctypes.create_string_buffer(vsize * batch)
-            count = _U32(batch)
-            ret = _lib.bpf_map_lookup_batch(self.fd, None if first else tok_in, tok_out,
-                                            keys, values, ctypes.byref(count), None)
-            if ret == -errno.ENOSPC and count.value == 0:
+            ret, n, k, v = self._lookup_batch(None if first else tok_in, tok_out, batch)
+            if ret == -errno.ENOSPC and n == 0:
                 batch *= 2  # one hash bucket holds more entries than the batch
                 continue
             if ret < 0 and ret != -errno.ENOENT:
@@ -427,13 +423,26 @@ class BpfMap:
                     yield list(self.items())  # map type without batch ops
                     return
                 _check(ret, f"map {self.name}: batch lookup")
-            k, v, ks = keys.raw, values.raw, self.key_size
-            yield [(k[i * ks:(i + 1) * ks], v[i * vsize:(i + 1) * vsize])
-                   for i in range(count.value)]
+            chunk = [(k[i * ks:(i + 1) * ks], v[i * vsize:(i + 1) * vsize]) for i in range(n)]
+            del k, v    # a caller may pause between two batches: hold only what it was given
+            yield chunk
             if ret == -errno.ENOENT:
                 return
             first = False
             tok_in, tok_out = tok_out, tok_in
+
+    def _lookup_batch(self, tok_in: ctypes.Array[ctypes.c_char] | None,
+                      tok_out: ctypes.Array[ctypes.c_char], batch: int) \
+            -> tuple[int, int, bytes, bytes]:
+        """One BPF_MAP_LOOKUP_BATCH: its return code, how many entries, their keys and values
+        packed (the buffers go when it returns)."""
+        keys = ctypes.create_string_buffer(self.key_size * batch)
+        values = ctypes.create_string_buffer(self._value_buf_size * batch)
+        count = _U32(batch)
+        ret = _lib.bpf_map_lookup_batch(self.fd, tok_in, tok_out, keys, values,
+                                        ctypes.byref(count), None)
+        n = count.value
+        return ret, n, keys.raw[:n * self.key_size], values.raw[:n * self._value_buf_size]
 
     def pin(self, path: str) -> None:
         _pin(self.fd, path, f"map {self.name}")

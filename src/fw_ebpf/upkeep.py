@@ -208,6 +208,7 @@ class Upkeep:
                 elif known == State.DROP and now_ns >= expires:
                     self.admission.evict(key, "drop verdict expired")
             done += len(chunk)
+            chunk.clear()   # the paused scan would hold it until the next slice (MBs at 64k)
             if done >= SWEEP_SLICE:
                 break
         else:
