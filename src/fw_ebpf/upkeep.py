@@ -44,7 +44,6 @@ _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
 _GEN_OFFSET = maps.Flow.gen.offset
-_L4PROTO = maps.Key4.l4proto.offset    # in a key or a tuple_id
 
 
 class Upkeep:
@@ -275,17 +274,20 @@ class Upkeep:
         """
         full = {p: self.conntrack.established_timeout(p) for p in (socket.IPPROTO_TCP,
                                                                    socket.IPPROTO_UDP)}
+
+        def timeout_of(conn: bytes | maps.Tuple) -> int:
+            return full.get(maps.id_l4proto(maps.as_id(conn)), 120)
         book = self.book
-        due = [conn for conn in active if book.ct_expiry(conn) - now
-               < full.get(conn[_L4PROTO], 120) / 2]
+        due = [conn for conn in active if book.ct_expiry(conn) - now < timeout_of(conn) / 2]
         if not due:
             return
         # sent as they are kept, packed: a Tuple of each would cost more than its message
-        self.conntrack.refresh(due, lambda t: full.get(maps.id_l4proto(maps.as_id(t)), 120))
+        self.conntrack.refresh(due, timeout_of)
         for conn in due:
-            book.set_ct_expiry(conn, now + full.get(conn[_L4PROTO], 120))
+            book.set_ct_expiry(conn, now + timeout_of(conn))
         # a FIN or RST that conntrack saw before the refresh landed got the established timeout
-        self.conntrack.restore_closing([c for c in due if c[_L4PROTO] == socket.IPPROTO_TCP])
+        self.conntrack.restore_closing([c for c in due
+                                        if maps.id_l4proto(c) == socket.IPPROTO_TCP])
 
     # -- adoption -------------------------------------------------------------------------------
 
