@@ -137,7 +137,7 @@ def _round(tuples: list[Tuple], event: nl.Message, route: nl.Message) -> dict[st
         assert all(ct.lookup(t) is not None for t in tuples)
         out["lookup_per_s_single"] = len(tuples) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        found = ct.lookup_many(tuples)
+        found = list(ct.lookup_many(tuples))
         out["lookup_per_s_batched"] = len(tuples) / (time.perf_counter() - t0)
         assert all(v is not None for v in found)
     with nl.Socket(nl.NETLINK_NETFILTER, "pyroute2 codec") as sock:

@@ -3,6 +3,7 @@
 real conntrack, real TCP/UDP traffic, and the daemon in the router namespace."""
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
@@ -99,6 +100,30 @@ def test_active_flow_outlives_its_conntrack_timeout(lab: Lab, proto: str):
     assert ct_id and f"id={ct_id.group(1)}" in last, (first, last)
     assert len(flows_of(lab, sport)) == 2
     assert fast >= 1200 and fast >= 0.95 * (fast + stack), (fast, stack)
+    lab.open_gate("close")
+    result = finish(proc)
+    assert result["received"] == result["sent"] and result["corrupt"] == 0
+
+
+def test_a_reply_waiting_with_its_original_needs_no_lookup_of_its_own(lab: Lab):
+    """Both directions' first packets wait for the daemon together (it is stopped while they
+    pass): the lookup of one decides the other too, and both are offloaded."""
+    lab.start_daemon("--heartbeat-timeout", "600")   # stopped, it must not fail open
+    sport = 43010
+    os.kill(lab.daemon.pid, signal.SIGSTOP)
+    try:
+        proc = gated_flow(lab, "udp", sport, count=200, interval=0.01, close=True)
+        lab.wait_for(lambda: re.search(r"packets=[1-9].*packets=[1-9]",
+                                       conntrack_entry(lab, "udp", sport)),
+                     what="the stack forwarding both directions", timeout=OFFLOAD_WAIT)
+    finally:
+        os.kill(lab.daemon.pid, signal.SIGCONT)
+    wait_offloaded(lab, sport)
+    paired = [line for line in lab.daemon_log.read_text().splitlines()
+              if "decided with its connection's other direction" in line]
+    assert any(re.search(rf"port=(?:{sport})\b", line) for line in paired), paired
+    fast, stack = measured_phase(lab, sport, proc)
+    assert fast >= 0.95 * (fast + stack), (fast, stack)
     lab.open_gate("close")
     result = finish(proc)
     assert result["received"] == result["sent"] and result["corrupt"] == 0

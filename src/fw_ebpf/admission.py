@@ -176,11 +176,18 @@ class Admission:
         recs = [r for r in recs if r.state == State.PENDING]
         if not recs:
             return
-        found = self.conntrack.lookup_many([maps.key_tuple_id(r.key) for r in recs])
-        for rec, answer in zip(recs, found):
+
+        def undecided(i: int) -> bool:
+            rec = recs[i]
+            return self.book.holds(rec) and rec.state == State.PENDING
+
+        found = self.conntrack.lookup_many([maps.key_tuple_id(r.key) for r in recs],
+                                           undecided)
+        for i, answer in enumerate(found):
             self.tables.beat()
-            if self.book.get(rec.key) != rec or rec.state != State.PENDING:
-                continue    # evicted or decided by an event of the same batch
+            rec = recs[i]
+            if not undecided(i):
+                continue    # evicted, or decided with the other direction or by an event
             if answer is None:
                 self._schedule_retry(rec, rec.attempts)
             else:
@@ -212,6 +219,18 @@ class Admission:
             self.book.set_ct_expiry(conn, time.monotonic() + entry.timeout)
         if rec.first_ns:
             self.proving_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
+        # the other direction's first packets already came (the reply of a quick peer): its
+        # own lookup would find this same entry
+        if direction == Direction.ORIGINAL:
+            back, reverse = entry.reply_id, Direction.REPLY
+        else:
+            back, reverse = conn, Direction.ORIGINAL
+        for other in self.book.waiting_for(back):
+            if other.state == State.PENDING:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s: decided with its connection's other direction",
+                              other.info.tuple)
+                self.decide(other, entry, reverse)
 
     def _prove(self, rec: FlowRecord, conn: bytes, direction: int, ingress: bytes,
                out: bytes) -> bool:

@@ -463,21 +463,24 @@ class Conntrack(nl.Owner):
         tid = as_id(t)
         return _direction(self.get(tid), tid)
 
-    def lookup_many(self, tuples: Sequence[TupleLike]) -> list[tuple[CtEntry, Direction] | None]:
-        """lookup() of each tuple, in order: the GETs go out in batches, then all answers are
-        read."""
-        found: list[tuple[CtEntry, Direction] | None] = []
+    def lookup_many(self, tuples: Sequence[TupleLike],
+                    wanted: Callable[[int], bool] | None = None) \
+            -> Iterator[tuple[CtEntry, Direction] | None]:
+        """lookup() of each tuple, in order: the GETs go out in batches, all answers of a
+        batch are read, and each is decoded when its turn comes. wanted(i) False: the caller
+        no longer needs the answer about tuples[i] (decided meanwhile); it yields None,
+        undecoded."""
         for i in range(0, len(tuples), self._lookup_batch):
             chunk = [as_id(t) for t in tuples[i:i + self._lookup_batch]]
             answers = self._sock.batch([(_CT_GET, 0, _body(t)) for t in chunk], "lookup")
-            for t, m in zip(chunk, answers):
+            for j, (t, m) in enumerate(zip(chunk, answers), i):
                 if m.type != NLMSG_ERROR:
-                    found.append(_direction(decode_entry(m.data), t))
+                    yield _direction(decode_entry(m.data), t) \
+                        if wanted is None or wanted(j) else None
                 elif m.error == errno.ENOENT:
-                    found.append(None)
+                    yield None
                 else:
                     raise self._sock.error(m.error or errno.EPROTO, "lookup", m.text)
-        return found
 
     def delete(self, orig: TupleLike) -> bool:
         """Remove the entry with this original tuple; False when there was none."""

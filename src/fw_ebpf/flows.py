@@ -175,6 +175,10 @@ class FlowBook:
         slot = self._slots.get(key)
         return None if slot is None else FlowRecord(self, slot, key)
 
+    def holds(self, rec: FlowRecord) -> bool:
+        """Whether rec is still in the book (not removed, its slot not reused)."""
+        return self._slots.get(rec.key) == rec.slot
+
     def add(self, key: bytes) -> FlowRecord:
         slot = self._slots.get(key)
         if slot is not None:
