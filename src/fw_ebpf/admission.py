@@ -43,7 +43,7 @@ FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
-RETRY_SLICE = 1024      # retries a turn of the daemon's loop, so it answers between two
+RETRY_CHUNK = 256       # retries asked about at once (one batch of conntrack lookups)
 _L4PROTO = maps.Key4.l4proto.offset
 
 Hooks = Callable[[int], "tuple[str | None, bool]"]   # ifindex -> (XDP kind, TC ingress)
@@ -288,17 +288,23 @@ class Admission:
     def next_retry(self) -> float:
         return self._retries[0][0] if self._retries else math.inf
 
-    def run_retries(self, limit: int = RETRY_SLICE) -> None:
-        """At most `limit` due retries (a flood of rejected tuples makes thousands due at
-        once, each a policy decision at its last): the rest stay due for the next turn."""
-        now = time.monotonic()
-        due: list[FlowRecord] = []
-        while self._retries and self._retries[0][0] <= now and len(due) < limit:
-            _, _, key = heapq.heappop(self._retries)
-            rec = self.book.get(key)
-            if rec is not None and rec.state == State.PENDING:
-                due.append(rec)
-        self.admit(due)
+    def run_retries(self, until: float = 0.0) -> None:
+        """The due retries, RETRY_CHUNK at a time (one batch of lookups each) until the clock
+        passes `until` (at least one chunk): a flood of rejected tuples makes thousands due at
+        once, each a policy decision at its last; the rest stay due for the next turn."""
+        while True:
+            now = time.monotonic()
+            due: list[FlowRecord] = []
+            while self._retries and self._retries[0][0] <= now and len(due) < RETRY_CHUNK:
+                _, _, key = heapq.heappop(self._retries)
+                rec = self.book.get(key)
+                if rec is not None and rec.state == State.PENDING:
+                    due.append(rec)
+            if not due:
+                return
+            self.admit(due)
+            if time.monotonic() >= until:
+                return
 
     def _no_conntrack(self, rec: FlowRecord) -> None:
         """The kernel kept no connection for this flow: fw4 dropped or rejected its packets.

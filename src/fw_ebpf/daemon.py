@@ -47,10 +47,13 @@ NFT_INCLUDE_DIR = "/etc/nftables.d"
 UNTAGGED_FALLBACK = 64
 # heartbeats written per heartbeat_timeout, busy or not
 HEARTBEATS = 4
-# new flows admitted per turn of the loop, and how many may wait read; the ring is always read
-# (a PROVED event lost to a full ring costs a flow its offload until the sweep finds it), new
-# flows past the backlog are left in the pending tables, taken up once it is done (catch_up)
-RING_SLICE = 1024
+# how long a turn of the loop admits new flows and retries before it answers requests again
+# (at least one chunk of each): a count would let a flood of costly flows (rejected tuples, a
+# policy decision each) hold `status` for seconds
+TURN_BUDGET = 0.1
+# how many new flows may wait read; the ring is always read (a PROVED event lost to a full
+# ring costs a flow its offload until the sweep finds it), new flows past the backlog are left
+# in the pending tables, taken up once it is done (catch_up)
 RING_BACKLOG = 16384
 # new flows admitted at once (one batch of conntrack lookups); the ring is read between two,
 # so it does not fill while a slice is admitted
@@ -88,6 +91,7 @@ class Daemon:
         self._new_flows: collections.deque[tuple[bytes, int]] = collections.deque()
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
+        self._turn_ends = 0.0       # the current turn's budget for new flows and retries
         self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
         self._events_lost = 0       # the fast path's count when the proofs were last checked
         self._next_proof_check = 0.0
@@ -314,11 +318,13 @@ class Daemon:
             sel.register(self.ubus.fileno(), selectors.EVENT_READ, self.ubus.service)
         try:
             while not self._stopping:
-                for key, _ in sel.select(self._timeout()):
+                ready = sel.select(self._timeout())
+                self._turn_ends = time.monotonic() + TURN_BUDGET
+                for key, _ in ready:
                     key.data()
                 self._drain_ring()
                 self.tables.beat()
-                self.admission.run_retries()
+                self.admission.run_retries(self._turn_ends)
                 if not self._new_flows and time.monotonic() >= self._next_catch_up:
                     self._catch_up()
                 if time.monotonic() >= self.fw4.retry_at:
@@ -356,8 +362,8 @@ class Daemon:
         self._ring_read.append(raw)    # decided after consume() returns, not in the callback
 
     def _drain_ring(self) -> None:
-        """Proofs and closes at once (cheap, and a flow waits on them), new flows at most
-        RING_SLICE a turn, ADMIT_CHUNK at a time (one batch of conntrack lookups each), the
+        """Proofs and closes at once (cheap, and a flow waits on them), new flows ADMIT_CHUNK
+        at a time (one batch of conntrack lookups each) until the turn's budget is spent, the
         ring read between two."""
         self.ring.consume()   # into _ring_read: what stays in a full ring is lost
         read, self._ring_read = self._ring_read, []
@@ -377,12 +383,12 @@ class Daemon:
         for key in closing:     # after the proofs: a flow proved and closed is gone
             self.tables.beat()
             self.admission.on_closing(key)
-        left = min(RING_SLICE, len(self._new_flows))
-        while left:
-            n = min(ADMIT_CHUNK, left)
+        while self._new_flows:
+            n = min(ADMIT_CHUNK, len(self._new_flows))
             self.admission.on_new([self._new_flows.popleft() for _ in range(n)])
-            left -= n
             self.ring.consume()
+            if time.monotonic() >= self._turn_ends:
+                break
 
     def _catch_up(self) -> None:
         """Flows whose NEW event the fast path shed or lost, or the backlog passed over, join
