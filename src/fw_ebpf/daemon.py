@@ -48,8 +48,8 @@ UNTAGGED_FALLBACK = 64
 # heartbeats written per heartbeat_timeout, busy or not
 HEARTBEATS = 4
 # how long a turn of the loop admits new flows and retries before it answers requests again
-# (at least one chunk of each): a count would let a flood of costly flows (rejected tuples, a
-# policy decision each) hold `status` for seconds
+# (at least one chunk of each): by count, a turn would last as long as its costliest flows
+# (a rejected tuple's last retry is a policy decision each)
 TURN_BUDGET = 0.1
 # how many new flows may wait read; the ring is always read (a PROVED event lost to a full
 # ring costs a flow its offload until the sweep finds it), new flows past the backlog are left
