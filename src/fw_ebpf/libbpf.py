@@ -441,8 +441,9 @@ class BpfMap:
         count = _U32(batch)
         ret = _lib.bpf_map_lookup_batch(self.fd, tok_in, tok_out, keys, values,
                                         ctypes.byref(count), None)
-        n = count.value
-        return ret, n, keys.raw[:n * self.key_size], values.raw[:n * self._value_buf_size]
+        n = count.value     # one copy of what was filled, not .raw's whole buffer sliced
+        return ret, n, ctypes.string_at(keys, n * self.key_size), \
+            ctypes.string_at(values, n * self._value_buf_size)
 
     def pin(self, path: str) -> None:
         _pin(self.fd, path, f"map {self.name}")
