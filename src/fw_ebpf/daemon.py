@@ -351,10 +351,12 @@ class Daemon:
         return max(0.0, deadline - time.monotonic())
 
     def sweep(self) -> None:
+        """A step of the sweep: the slice's next one comes next turn, after the new flows
+        that came meanwhile; the next slice a sweep_interval after this one ends."""
         if len(self._new_flows) < RING_BACKLOG:
             self._drain_ring()
-        self.upkeep.sweep(recover=not self._new_flows and not self._ring_read)
-        self._next_sweep = time.monotonic() + self.settings.sweep_interval
+        if self.upkeep.sweep(recover=not self._new_flows and not self._ring_read):
+            self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------
 

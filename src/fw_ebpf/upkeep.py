@@ -36,10 +36,12 @@ PENDING_TTL = 10.0
 ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
-# Sweeps read the tables in batches of this many entries, and at most about SWEEP_SLICE
-# entries each (bounded CPU a sweep_interval; a bigger table takes several)
-BATCH = 4096
+# A sweep_interval's slice reads about SWEEP_SLICE entries (bounded CPU a sweep_interval; a
+# bigger table takes several), SWEEP_STEP at a time (one map batch): the daemon admits new
+# flows between two steps, so a flow arriving meanwhile waits one step, not a whole slice
 SWEEP_SLICE = 4096
+SWEEP_STEP = 1024
+BATCH = 4096    # entries read at once when all of a table is read (catch_up, readopt)
 _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
@@ -60,6 +62,8 @@ class Upkeep:
         self._adoptable = ADOPT_PER_SWEEP   # unheard PENDING entries to adopt until the next sweep
         self._missed = 0                    # NEW events shed or lost, as of the last catch_up
         self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
+        self._slice_done = SWEEP_SLICE      # entries the current slice read (full: none open)
+        self._slice_s = self._slice_cpu_s = 0.0     # its steps' wall and CPU time so far
         self._cycle = 0                     # cycles: full passes over the tables
         self._cycle_start = 0.0
         self._cycle_stale = self._cycle_proving = self._marks = 0
@@ -133,18 +137,21 @@ class Upkeep:
 
     # -- the sweep ----------------------------------------------------------------------------
 
-    def sweep(self, recover: bool = True) -> None:
-        """One slice of the sweep: at most SWEEP_SLICE entries, from where the last one
-        stopped. A table of more is covered over several sweep_intervals (a cycle); what needs
-        the whole table (entries the LRU took, whether anything waits for proof) is settled
-        at the end of a cycle. recover: every event sent so far was handled, so a flow whose
-        event did not come was shed or lost and is taken up here (not while events wait:
-        most of those would be handled twice)."""
+    def sweep(self, recover: bool = True) -> bool:
+        """One step of the sweep: SWEEP_STEP entries, from where the last one stopped; whether
+        it ended a slice (SWEEP_SLICE entries, or the end of the tables), the sweep_interval's
+        share. A table of more is covered over several slices (a cycle); what needs the whole
+        table (entries the LRU took, whether anything waits for proof) is settled at the end
+        of a cycle. recover: every event sent so far was handled, so a flow whose event did
+        not come was shed or lost and is taken up here (not while events wait: most of those
+        would be handled twice)."""
         start, cpu = time.monotonic(), time.thread_time()
         self.tables.heartbeat()
-        self._adoptable = ADOPT_PER_SWEEP
+        if self._slice_done >= SWEEP_SLICE:
+            self._slice_done, self._slice_s, self._slice_cpu_s = 0, 0.0, 0.0
+            self._adoptable = ADOPT_PER_SWEEP
         if self._scan is None:
-            self._scan = self.tables.scan(BATCH)
+            self._scan = self.tables.scan(SWEEP_STEP)
             self._cycle += 1
             self._cycle_start, self._cycle_stale, self._cycle_proving = start, 0, 0
             self._marks = self.tables.proving_marks
@@ -207,11 +214,14 @@ class Upkeep:
                 elif known == State.DROP and now_ns >= expires:
                     self.admission.evict(key, "drop verdict expired")
             done += len(chunk)
-            chunk.clear()   # the paused scan would hold it until the next slice (MBs at 64k)
-            if done >= SWEEP_SLICE:
+            chunk.clear()   # the paused scan would hold it until the next step (MBs at 64k)
+            if done >= SWEEP_STEP:
                 break
         else:
             self._scan = None
+        self._slice_done = SWEEP_SLICE if self._scan is None else self._slice_done + done
+        log.debug("sweep step: %d entries read, %s", done,
+                  "slice ended" if self._slice_done >= SWEEP_SLICE else "slice goes on")
         self._adoptable -= len(unheard)
         self.admission.on_new(unheard)      # NEW events shed or lost
         self.admission.on_proved(proved)
@@ -223,10 +233,15 @@ class Upkeep:
         self._refresh_conntrack(refresh - idle, start)
         if self._scan is None:
             self._end_cycle(cycle)
-        self._on_sweep()
+        ended = self._slice_done >= SWEEP_SLICE
+        if ended:
+            self._on_sweep()
         self.tables.heartbeat()
-        self.last_sweep_s = time.monotonic() - start
-        self.last_sweep_cpu_s = time.thread_time() - cpu
+        self._slice_s += time.monotonic() - start
+        self._slice_cpu_s += time.thread_time() - cpu
+        if ended:
+            self.last_sweep_s, self.last_sweep_cpu_s = self._slice_s, self._slice_cpu_s
+        return ended
 
     def catch_up(self, missed: int, waiting: Container[bytes]) -> list[tuple[bytes, int]]:
         """`missed`: NEW events the fast path shed (its rate limit) or lost (a full ring) so
