@@ -14,7 +14,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common import RESULTS, ROOT  # noqa: E402
-from fw_ebpf import maps  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 Results = dict[str, Any]
@@ -712,10 +711,10 @@ def _soak(s: Results | None) -> list[str]:
                    f"{r['counters']['event_shed']:,} | {r['counters']['event_lost']:,} | "
                    f"{r['ct_lingering']} |")
     out += ["", "Shed and lost events are the fast path's counters since the daemon started: "
-            "NEW events over the rate limit (event_rate, as shipped "
-            f"{maps.EVENT_RATE:,} a second per CPU) or into a ring more than half full are "
-            "shed, and the daemon takes their flows up from the pending tables. \"Closed but kept "
-            "in conntrack\": TCP entries in a closing state (FIN_WAIT .. CLOSE) whose time left "
+            "NEW events over the rate limit (event_rate, as shipped when this ran "
+            f"{s.get('event_rate', 4096):,} a second per CPU) or into a ring more than half "
+            "full are shed, and the daemon takes their flows up from the pending tables. "
+            "\"Closed but kept in conntrack\": TCP entries in a closing state (FIN_WAIT .. CLOSE) whose time left "
             "exceeds that state's timeout, seen while the round drains: a timeout written after "
             "the connection closed (the daemon refreshes the conntrack timeout of offloaded "
             "flows it saw carried, and a refresh that lands after the FIN or RST sets the "

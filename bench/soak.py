@@ -36,6 +36,7 @@ import time
 from typing import Any, Callable
 
 from common import BENCH, log, proc_cpu_seconds
+from fw_ebpf import maps
 from lab import CLIENT4, CLIENT6, GATEWAY4, GATEWAY6, SERVER4, SERVER6, Lab, ruleset_path
 from observe import Netlink, PinnedTables, netlink, open_fds, proc_status
 
@@ -271,7 +272,8 @@ def run() -> dict[str, Any]:
             "warmup_rounds": WARMUP_ROUNDS, "baseline": base, "baseline_idle": idle,
             "rounds": rounds, "trends": trends, "totals": totals, "capacity": capacity,
             "daemon_errors": log_tail, "load": _load(), "wall_s": round(time.monotonic() - start),
-            "ct_timeouts": CT_TIMEOUTS, "daemon_args": list(DAEMON_ARGS)}
+            "ct_timeouts": CT_TIMEOUTS, "daemon_args": list(DAEMON_ARGS),
+            "event_rate": maps.EVENT_RATE}
 
 
 def _load() -> list[float]:

@@ -34,8 +34,8 @@ const char ebpfw_dsa_tag[] SEC(".rodata.dsa") = DSA_TAG_NAME;
 
 const volatile struct ebpfw_config ebpfw_cfg SEC(".rodata.config") = {
 	.heartbeat_timeout_ns = 5 * NSEC_PER_SEC,
-	.event_interval_ns = NSEC_PER_SEC / 4096,
-	.event_burst_ns = NSEC_PER_SEC / 4096 * 4096,
+	.event_interval_ns = NSEC_PER_SEC / 16384,
+	.event_burst_ns = NSEC_PER_SEC / 16384 * 16384,
 };
 
 #define FLOW_TABLE(name, key_type, entries)			\
