@@ -256,9 +256,10 @@ class Admission:
         """The other direction enters where this one leaves (routing is symmetric, mostly),
         tagged as this one leaves: it waits for its proof there at once. If it enters
         elsewhere, its own first packet asks for it like any other flow's."""
-        back = rec.other_arrives
-        if rec.conn is None or back is None:
-            return
+        conn, back = rec.conn, rec.other_arrives
+        if conn is None or back is None or \
+                self.book.bound(conn, 1 - rec.direction) is not None:
+            return      # or its own first packets came, and it is decided already
         vids = [tci & 0x0FFF for tci in p.vlan_tci] + [0, 0]
         port = p.dsa_port
         key = maps.id_key(p.oif, back, vlan=(vids[0], vids[1]), pppoe_sid=p.pppoe_sid,
@@ -268,7 +269,7 @@ class Admission:
         other = self.book.add(key)
         if other.state == State.PENDING:
             other.first_ns = other.first_ns or time.monotonic_ns()
-            self._prove(other, rec.conn, 1 - rec.direction, back,
+            self._prove(other, conn, 1 - rec.direction, back,
                         maps.reverse_id(maps.key_tuple_id(rec.key)))
 
     # -- no connection: what the firewall did with it ---------------------------------------
