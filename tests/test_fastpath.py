@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import random
 import time
 from pathlib import Path
 
@@ -107,6 +108,29 @@ def test_forward_nat_variants(fp: FastPath, hook: Hook, family: int, l4: str, na
     assert res.data == forwarded_frame(L2_OUT["untagged"], post)
     assert checksums_verify(res.data)
     assert fp.stats()[maps.Counter.FORWARD] == before + 1
+
+
+def test_csum_diff_is_the_folded_word_sum_of_not_old_plus_new():
+    """maps.csum_diff (whole numbers modulo 0xFFFF) against RFC 1624's word by word sum,
+    its edges included: every old word 0xFFFF, every new word 0, sums that are multiples of
+    0xFFFF, and random ports and addresses of both families."""
+    def by_words(old: bytes, new: bytes) -> int:
+        total = sum((~int.from_bytes(old[i:i + 2], "big") & 0xFFFF) +
+                    int.from_bytes(new[i:i + 2], "big") for i in range(0, len(old), 2))
+        while total >> 16:
+            total = (total & 0xFFFF) + (total >> 16)
+        return total
+
+    rng = random.Random(1624)
+    cases = [(b"", b""), (b"\xff\xff", b"\0\0"), (b"\xff" * 16, bytes(16)), (bytes(4), bytes(4)),
+             (b"\x12\x34", b"\x12\x34"), (bytes(2), b"\xff\xff"), (b"\xff\xff", b"\xff\xff"),
+             (b"\0\x01\xff\xfe", bytes(4))]
+    for n in (4, 8, 32) * 3000:
+        cases.append((rng.randbytes(n), rng.randbytes(n)))
+    for old, new in cases:
+        assert maps.csum_diff(old, new) == by_words(old, new), (old.hex(), new.hex())
+    with pytest.raises(ValueError):
+        maps.csum_diff(b"\0\0", b"\0")
 
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)

@@ -291,19 +291,18 @@ def decode_key(raw: bytes) -> KeyInfo:
     return KeyInfo(ifindex, t, (vlan0, vlan1), pppoe_sid, dsa_port)
 
 
-_WORDS = {n: struct.Struct(f"!{n // 2}H") for n in (4, 8, 32)}   # ports, IPv4, IPv6 addresses
-
-
 def csum_diff(old: bytes, new: bytes) -> int:
-    """Folded ones' complement sum of ~old + new over 16-bit big-endian words."""
+    """Folded ones' complement sum of ~old + new over 16-bit big-endian words.
+
+    2**16 is 1 modulo 0xFFFF, so a sum of words is, modulo 0xFFFF, the number the bytes spell:
+    no word by word. The fold of a positive sum is never 0 (0xFFFF stands for it); the sum is
+    0 only if every old word is 0xFFFF and every new one 0."""
     if len(old) != len(new) or len(old) % 2:
         raise ValueError("csum_diff needs two byte strings of the same even length")
-    words = _WORDS.get(len(old)) or struct.Struct(f"!{len(old) // 2}H")
-    # sum of (~o & 0xFFFF) + n over the words
-    total = 0xFFFF * words.size // 2 - sum(words.unpack(old)) + sum(words.unpack(new))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+    total = (int.from_bytes(new, "big") - int.from_bytes(old, "big")) % 0xFFFF
+    if total:
+        return total
+    return 0 if old.count(0xFF) == len(old) and not any(new) else 0xFFFF
 
 
 @dataclass(frozen=True)
