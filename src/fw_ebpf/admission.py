@@ -29,7 +29,7 @@ from fw_ebpf.conntrack import Conntrack, CtEntry, CtEvent, Direction
 from fw_ebpf.flows import FlowBook, FlowRecord
 from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.links import Links, NoL3Input
-from fw_ebpf.maps import State
+from fw_ebpf.maps import DROP, FORWARD, PASS, PENDING, PROVING, State
 from fw_ebpf.policy import Policy, Query, Verdict
 
 log = logging.getLogger("fw_ebpf.admission")
@@ -104,7 +104,7 @@ class Admission:
         recs = []
         for key, first_ns in flows:
             rec = self.book.add(key)
-            if rec.state != State.PENDING:
+            if rec.state != PENDING:
                 continue
             if not rec.first_ns:
                 if not first_ns:
@@ -136,14 +136,14 @@ class Admission:
         if rec is None or raw is None or rec.conn is None:
             return      # gone meanwhile, or not ours yet (the sweep adopts what it finds)
         p = maps.decode_proof(raw)
-        if p.state not in (State.PROVING, State.FORWARD) or not p.flags & maps.F_REPORTED:
+        if p.state not in (PROVING, FORWARD) or not p.flags & maps.F_REPORTED:
             return
-        first = p.state == State.PROVING
+        first = p.state == PROVING
         ingress = maps.key_ifindex(key)
         xdp, tc = self._hooks(ingress)
         tc_only = p.oif not in self._tx_devices() or self.links.shaped(p.oif)
         if tc_only and not tc:
-            self.write_verdict(rec, State.PASS, f"leaves by {self.links.name(p.oif)}, which "
+            self.write_verdict(rec, PASS, f"leaves by {self.links.name(p.oif)}, which "
                                f"only the tc hook can send to; {self.links.name(ingress)} has "
                                f"{xdp or 'no'} XDP and no tc hook")
             return
@@ -153,7 +153,7 @@ class Admission:
         self.tables.stage(key, maps.encode_forwarding(
             raw, flags, mtu, self.tables.gen, time.monotonic_ns() if first else 0),
             pending_too=False)
-        rec.state, rec.reason, rec.since = State.FORWARD, "offloaded", time.monotonic()
+        rec.state, rec.reason, rec.since = FORWARD, "offloaded", time.monotonic()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(p.oif),
                       "tc" if tc_only else "xdp or tc")
@@ -163,7 +163,7 @@ class Admission:
             self.admission_ms.append((time.monotonic_ns() - rec.first_ns) / 1e6)
         conn = rec.conn
         if conn is not None and conn[_L4PROTO] == socket.IPPROTO_TCP and \
-                sum(r.state == State.FORWARD for r in self.book.of_connection(conn)) == 1:
+                sum(r.state == FORWARD for r in self.book.of_connection(conn)) == 1:
             # the first direction the fast path carries: ACKs the stack saw meanwhile set
             # MAXACK, and that breaks conntrack's check of the closing RST
             self.conntrack.set_liberal(conn)
@@ -173,13 +173,13 @@ class Admission:
 
     def admit(self, recs: list[FlowRecord]) -> None:
         """Asks conntrack about PENDING flows, all in one batch, and decides each."""
-        recs = [r for r in recs if r.state == State.PENDING]
+        recs = [r for r in recs if r.state == PENDING]
         if not recs:
             return
 
         def undecided(i: int) -> bool:
             rec = recs[i]
-            return self.book.holds(rec) and rec.state == State.PENDING
+            return self.book.holds(rec) and rec.state == PENDING
 
         found = self.conntrack.lookup_many([maps.key_tuple_id(r.key) for r in recs],
                                            undecided)
@@ -203,7 +203,7 @@ class Admission:
         if why is not None:
             rec.reason = why
             if why.startswith(FINAL_REASONS):
-                self.write_verdict(rec, State.PASS, why)
+                self.write_verdict(rec, PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
         conn = entry.orig_id
         new_connection = not self.book.ct_expiry(conn)
@@ -226,7 +226,7 @@ class Admission:
         else:
             back, reverse = conn, Direction.ORIGINAL
         for other in self.book.waiting_for(back):
-            if other.state == State.PENDING:
+            if other.state == PENDING:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("%s: decided with its connection's other direction",
                               other.info.tuple)
@@ -238,17 +238,17 @@ class Admission:
         ingress, out: the tuples (tuple_id) it arrives and leaves with."""
         other = self.book.bound(conn, direction)
         if other is not None and other.key != rec.key:
-            self.write_verdict(rec, State.PASS, "this direction of the connection already "
+            self.write_verdict(rec, PASS, "this direction of the connection already "
                                f"enters by {self.links.name(other.info.ifindex)}")
             return False
         try:
             self.tables.index(out, rec.key)
         except OSError as e:    # as large as the flow table, which a burst can outrun
-            self.write_verdict(rec, State.PASS, f"egress index full ({e.strerror})")
+            self.write_verdict(rec, PASS, f"egress index full ({e.strerror})")
             return False
         self.tables.stage(rec.key, maps.encode_proving(ingress, out))
         self.book.bind(rec, conn, direction, out)
-        rec.state, rec.reason, rec.since = State.PROVING, PROVING_REASON, time.monotonic()
+        rec.state, rec.reason, rec.since = PROVING, PROVING_REASON, time.monotonic()
         self.tables.set_proving(True)
         return True
 
@@ -267,7 +267,7 @@ class Admission:
         if key == rec.key or self._hooks(p.oif) == (None, False):
             return
         other = self.book.add(key)
-        if other.state == State.PENDING:
+        if other.state == PENDING:
             other.first_ns = other.first_ns or time.monotonic_ns()
             self._prove(other, conn, 1 - rec.direction, back,
                         maps.reverse_id(maps.key_tuple_id(rec.key)))
@@ -299,7 +299,7 @@ class Admission:
             while self._retries and self._retries[0][0] <= now and len(due) < RETRY_CHUNK:
                 _, _, key = heapq.heappop(self._retries)
                 rec = self.book.get(key)
-                if rec is not None and rec.state == State.PENDING:
+                if rec is not None and rec.state == PENDING:
                     due.append(rec)
             if not due:
                 return
@@ -332,8 +332,8 @@ class Admission:
             if ttl_ns <= 0:
                 return
             self.tables.stage(rec.key, maps.encode_verdict(
-                State.DROP, expires_ns=time.monotonic_ns() + ttl_ns, gen=self.tables.gen))
-            rec.state = State.DROP
+                DROP, expires_ns=time.monotonic_ns() + ttl_ns, gen=self.tables.gen))
+            rec.state = DROP
             log.debug("early drop %s: %s", t, decision.reason)
 
     # -- conntrack events -------------------------------------------------------------------
@@ -350,7 +350,7 @@ class Admission:
                 continue
             for rec in self.book.waiting_for(conn, ev.entry.reply_id) + \
                     self.book.of_connection(conn):
-                if rec.state == State.PENDING:
+                if rec.state == PENDING:
                     pending[rec.key] = rec
         self.admit(list(pending.values()))
 
@@ -374,7 +374,7 @@ class Admission:
                 self.evict_connection(rec.conn, "conntrack entry gone")
             else:
                 self.evict(rec.key, "no conntrack entry")
-        elif rec.state == State.PENDING:
+        elif rec.state == PENDING:
             self.decide(rec, *found)
         elif found[0].ineligible_reason() is not None:
             self.evict_connection(found[0].orig_id, found[0].ineligible_reason() or "")

@@ -372,14 +372,14 @@ class Daemon:
         proved, closing = [], []
         for raw in read:
             kind, key, first_ns = maps.split_event(raw)
-            if kind == maps.EventType.NEW:
+            if kind == maps.EV_NEW:
                 if len(self._new_flows) < RING_BACKLOG:
                     self._new_flows.append((key, first_ns))
                 else:
                     self._left_pending += 1
-            elif kind == maps.EventType.PROVED:
+            elif kind == maps.EV_PROVED:
                 proved.append(key)
-            elif kind == maps.EventType.CLOSING:
+            elif kind == maps.EV_CLOSING:
                 closing.append(key)
         self.admission.on_proved(proved)
         for key in closing:     # after the proofs: a flow proved and closed is gone

@@ -185,14 +185,14 @@ class FlowBook:
             return FlowRecord(self, slot, key)
         if self._free:
             slot = self._free.pop()
-            self._keys[slot], self._state[slot] = key, State.PENDING
+            self._keys[slot], self._state[slot] = key, maps.PENDING
             self._reason[slot] = "new"
             self._conn_of[slot], self._direction[slot] = _NONE, -1
             self._created[slot] = time.monotonic()
         else:
             slot = len(self._keys)
             self._keys.append(key)
-            self._state.append(State.PENDING)
+            self._state.append(maps.PENDING)
             self._reason.append("new")
             self._conn_of.append(_NONE)
             self._direction.append(-1)

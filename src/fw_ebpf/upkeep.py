@@ -25,7 +25,7 @@ from fw_ebpf.conntrack import Conntrack
 from fw_ebpf.flows import FlowBook
 from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.links import RtEvent
-from fw_ebpf.maps import State
+from fw_ebpf.maps import DROP, FORWARD, PASS, PENDING, PROVING, State
 
 log = logging.getLogger("fw_ebpf.upkeep")
 
@@ -82,7 +82,7 @@ class Upkeep:
     def new_generation(self, why: str) -> None:
         gen = self.tables.new_generation()
         self.generation_why, self.generation_at = why, time.monotonic()
-        for rec in self.book.in_state(State.DROP):
+        for rec in self.book.in_state(DROP):
             self.tables.beat()
             self.admission.evict(rec.key, "made under another ruleset")
         log.info("generation %d (%s): flows are proved again by their next packet", gen, why)
@@ -173,21 +173,21 @@ class Upkeep:
                     maps.FLOW_HEAD.unpack_from(value)
                 noted = self.book.sweep_note(key, cycle, packets, nbytes, last_seen)
                 if noted is None:
-                    if state == State.PENDING:  # a flood must not cost a conntrack lookup each
+                    if state == PENDING:  # a flood must not cost a conntrack lookup each
                         if recover and len(unheard) < self._adoptable:
                             unheard.append((key, last_seen))
                         continue
                     self.adopt(key, State(state))
                     continue
                 rec, known, active = noted
-                if pending and known != State.PENDING:
+                if pending and known != PENDING:
                     # written by the fast path while the daemon decided the key: stale
                     self.tables.delete_pending(key)
                     continue
                 if recover and flags & maps.F_REPORTED and \
-                        known in (State.PROVING, State.FORWARD):
+                        known in (PROVING, FORWARD):
                     proved.append(key)      # its PROVED event was lost (a full ring)
-                if known == State.FORWARD and (conn := rec.conn) is not None:
+                if known == FORWARD and (conn := rec.conn) is not None:
                     if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
                         self._cycle_stale += 1
                         rec.reason = self._stale_reason
@@ -199,7 +199,7 @@ class Upkeep:
                         idle.add(conn)
                     elif active:
                         refresh.add(conn)
-                elif known == State.PROVING:
+                elif known == PROVING:
                     waited = start - rec.since
                     if waited > idle_ns / 1e9:
                         self.admission.evict(key, "never proved")
@@ -208,10 +208,10 @@ class Upkeep:
                     if waited > PROOF_SLOW:
                         rec.reason = (f"not forwarded by the kernel in the {waited:.0f} s "
                                       "since conntrack accepted it (idle, or a rule drops it)")
-                elif known in (State.PENDING, State.PASS) and \
+                elif known in (PENDING, PASS) and \
                         start - rec.created > PENDING_TTL:
                     self.admission.evict(key, "undecided")
-                elif known == State.DROP and now_ns >= expires:
+                elif known == DROP and now_ns >= expires:
                     self.admission.evict(key, "drop verdict expired")
             done += len(chunk)
             chunk.clear()   # the paused scan would hold it until the next step (MBs at 64k)
@@ -271,7 +271,7 @@ class Upkeep:
         for key in self.book.not_swept(cycle, self._cycle_start):
             self.tables.beat()
             rec = self.book.get(key)
-            if rec is not None and rec.state in (State.PENDING, State.PASS, State.DROP):
+            if rec is not None and rec.state in (PENDING, PASS, DROP):
                 self.book.remove(key)
             elif self.tables.lookup(key) is None:
                 self.admission.evict(key, "evicted from the table")
@@ -293,7 +293,9 @@ class Upkeep:
         def timeout_of(conn: bytes | maps.Tuple) -> int:
             return full.get(maps.id_l4proto(maps.as_id(conn)), 120)
         book = self.book
-        due = [conn for conn in active if book.ct_expiry(conn) - now < timeout_of(conn) / 2]
+        half = {p: t / 2 for p, t in full.items()}
+        due = [conn for conn in active
+               if book.ct_expiry(conn) - now < half.get(maps.id_l4proto(conn), 60)]
         if not due:
             return
         # sent as they are kept, packed: a Tuple of each would cost more than its message
@@ -311,10 +313,10 @@ class Upkeep:
         PENDING one is admitted like a new flow; a FORWARD or PROVING one is kept if conntrack
         still has its connection (it is of an old generation: proved again before it forwards
         anything); a verdict is made again."""
-        if state == State.PENDING:
+        if state == PENDING:
             self.admission.on_new([(key, 0)])
             return
-        if state not in (State.FORWARD, State.PROVING):
+        if state not in (FORWARD, PROVING):
             self.tables.delete(key)
             return
         rec = self.book.add(key)
@@ -345,4 +347,4 @@ class Upkeep:
             rec = self.book.get(key)
             if rec is None or rec.egress != egress:
                 self.tables.unindex(egress)
-        return len(self.book.in_state(State.FORWARD))
+        return len(self.book.in_state(FORWARD))
