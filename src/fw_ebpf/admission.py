@@ -95,6 +95,7 @@ class Admission:
         self._retry_seq = 0
         self.admission_ms = Samples()   # first packet -> FORWARD
         self.proving_ms = Samples()     # first packet -> PROVING
+        tables.on_index_full = self._index_full
 
     # -- events from the fast path --------------------------------------------------------
 
@@ -241,16 +242,18 @@ class Admission:
             self.write_verdict(rec, PASS, "this direction of the connection already "
                                f"enters by {self.links.name(other.info.ifindex)}")
             return False
-        try:
-            self.tables.index(out, rec.key)
-        except OSError as e:    # as large as the flow table, which a burst can outrun
-            self.write_verdict(rec, PASS, f"egress index full ({e.strerror})")
-            return False
+        self.tables.index(out, rec.key)
         self.tables.stage(rec.key, maps.encode_proving(ingress, out))
         self.book.bind(rec, conn, direction, out)
         rec.state, rec.reason, rec.since = PROVING, PROVING_REASON, time.monotonic()
         self.tables.set_proving(True)
         return True
+
+    def _index_full(self, key: bytes, why: str) -> None:
+        """The egress index refused the tuple this flow leaves with: nothing could prove it."""
+        rec = self.book.get(key)
+        if rec is not None and rec.state in (PROVING, FORWARD):
+            self.write_verdict(rec, PASS, f"egress index full ({why})")
 
     def _pair(self, rec: FlowRecord, p: maps.Proof) -> None:
         """The other direction enters where this one leaves (routing is symmetric, mostly),

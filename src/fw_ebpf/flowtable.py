@@ -7,9 +7,10 @@ creates PENDING entries in the pending tables only, so a flood of new tuples can
 entries but never a decided one; this class keeps the daemon's PENDING entries there too. The
 egress index maps the tuple a flow leaves with to its key, for the proof (ebpfw_egress).
 
-Admission writes decided entries a batch at a time: stage() holds them until flush(), which
-writes them in one syscall per table. Every other access to the flow tables flushes first, so
-what is read or written afterwards sees them.
+Admission writes decided entries and their egress index a batch at a time: stage() and
+index() hold them until flush(), which writes them in one syscall per table, the index first
+(the egress program finds a flow through it). Every other access to the flow tables flushes
+first, so what is read or written afterwards sees them.
 """
 from __future__ import annotations
 
@@ -41,7 +42,11 @@ class FlowTables:
         # whose pending entry goes with them
         self._staged: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
         self._unpend: dict[int, list[bytes]] = {fam: [] for fam in maps.TABLES}
+        self._index: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
         self._dirty = False
+        # told the key of each flow whose index entry the kernel refused at a flush, and why;
+        # what it stages is written in the same flush
+        self.on_index_full: Callable[[bytes, str], None] | None = None
 
     def _pair(self, key: bytes) -> tuple[BpfMap, BpfMap]:
         fam = maps.key_family(key)
@@ -63,6 +68,11 @@ class FlowTables:
         if not self._dirty:
             return
         self._dirty = False
+        for fam, index in self._index.items():
+            if index:
+                items = list(index.items())
+                index.clear()
+                self._write_index(self._egress[fam], items)
         for fam, staged in self._staged.items():
             if staged:
                 items = list(staged.items())
@@ -148,14 +158,36 @@ class FlowTables:
     # -- the egress index -------------------------------------------------------------------
 
     def index(self, egress: bytes, key: bytes) -> None:
-        """The flow with this key leaves with the tuple egress (a maps.tuple_id)."""
-        self._egress[maps.key_family(egress)].update(egress, key.ljust(maps.KEY6_LEN, b"\0"))
+        """The flow with this key leaves with the tuple egress (a maps.tuple_id); written at
+        the next flush()."""
+        self._index[maps.key_family(egress)][egress] = key
+        self._dirty = True
 
     def unindex(self, egress: bytes) -> None:
-        self._egress[maps.key_family(egress)].delete(egress)
+        fam = maps.key_family(egress)
+        self._index[fam].pop(egress, None)
+        self._egress[fam].delete(egress)
+
+    def _write_index(self, table: BpfMap, items: list[tuple[bytes, bytes]]) -> None:
+        """The index is as large as the flow table, which a burst can outrun: the batch stops
+        at the first entry refused, one at a time from there says which (an update of an entry
+        written already is none)."""
+        padded = [(egress, key.ljust(maps.KEY6_LEN, b"\0")) for egress, key in items]
+        try:
+            table.update_batch(padded)
+            return
+        except OSError:
+            if self.on_index_full is None:
+                raise
+        for (egress, value), (_, key) in zip(padded, items):
+            try:
+                table.update(egress, value)
+            except OSError as e:
+                self.on_index_full(key, e.strerror or str(e))
 
     def indexed(self) -> list[tuple[bytes, bytes]]:
         """(egress tuple_id, key) of every index entry."""
+        self.flush()
         out = []
         for fam, table in self._egress.items():
             size = maps.KEY4_LEN if fam == maps.L3_IPV4 else maps.KEY6_LEN
