@@ -46,6 +46,7 @@ _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
 _GEN_OFFSET = maps.Flow.gen.offset
+_L4PROTO = maps.Key4.l4proto.offset     # in a tuple_id
 
 
 class Upkeep:
@@ -166,12 +167,13 @@ class Upkeep:
         unheard: list[tuple[bytes, int]] = []
         proved: list[bytes] = []
         done = 0
+        # looked up once, not once an entry
+        head, note, gen_of = maps.FLOW_HEAD.unpack_from, self.book.sweep_note, _GEN.unpack_from
         for chunk, pending in self._scan:
             self.tables.beat()
             for key, value in chunk:
-                packets, nbytes, last_seen, expires, state, flags = \
-                    maps.FLOW_HEAD.unpack_from(value)
-                noted = self.book.sweep_note(key, cycle, packets, nbytes, last_seen)
+                packets, nbytes, last_seen, expires, state, flags = head(value)
+                noted = note(key, cycle, packets, nbytes, last_seen)
                 if noted is None:
                     if state == PENDING:  # a flood must not cost a conntrack lookup each
                         if recover and len(unheard) < self._adoptable:
@@ -188,7 +190,7 @@ class Upkeep:
                         known in (PROVING, FORWARD):
                     proved.append(key)      # its PROVED event was lost (a full ring)
                 if known == FORWARD and (conn := rec.conn) is not None:
-                    if _GEN.unpack_from(value, _GEN_OFFSET)[0] != gen:
+                    if gen_of(value, _GEN_OFFSET)[0] != gen:
                         self._cycle_stale += 1
                         rec.reason = self._stale_reason
                     elif rec.reason != "offloaded":
@@ -294,8 +296,8 @@ class Upkeep:
             return full.get(maps.id_l4proto(maps.as_id(conn)), 120)
         book = self.book
         half = {p: t / 2 for p, t in full.items()}
-        due = [conn for conn in active
-               if book.ct_expiry(conn) - now < half.get(maps.id_l4proto(conn), 60)]
+        expiry = book.ct_expiry
+        due = [conn for conn in active if expiry(conn) - now < half.get(conn[_L4PROTO], 60)]
         if not due:
             return
         # sent as they are kept, packed: a Tuple of each would cost more than its message
