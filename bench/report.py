@@ -519,8 +519,9 @@ def _control(c: Results | None) -> list[str]:
             "each flow of the old generation to the kernel until the kernel forwards one of its "
             "packets again, and the egress program re-proves it in place.",
             "", "RSS per connection is (RSS at N - idle RSS) / N. The sweep looks at no more "
-            "than 4,096 entries a sweep_interval; a bigger table is covered over several "
-            "intervals (idle eviction and conntrack refreshes follow that cycle)."]
+            "than 4,096 entries a sweep_interval, 1,024 at a time with new flows admitted "
+            "between two (the slice's CPU is the sum of its steps); a bigger table is covered "
+            "over several intervals (idle eviction and conntrack refreshes follow that cycle)."]
     return out + ["", _img("control.png"), ""]
 
 
@@ -714,8 +715,9 @@ def _soak(s: Results | None) -> list[str]:
             "NEW events over the rate limit (event_rate, as shipped when this ran "
             f"{s.get('event_rate', 4096):,} a second per CPU) or into a ring more than half "
             "full are shed, and the daemon takes their flows up from the pending tables. "
-            "\"Closed but kept in conntrack\": TCP entries in a closing state (FIN_WAIT .. CLOSE) whose time left "
-            "exceeds that state's timeout, seen while the round drains: a timeout written after "
+            "\"Closed but kept in conntrack\": TCP entries in a closing state (FIN_WAIT .. "
+            "CLOSE) whose time left exceeds that state's timeout, seen while the round drains: "
+            "a timeout written after "
             "the connection closed (the daemon refreshes the conntrack timeout of offloaded "
             "flows it saw carried, and a refresh that lands after the FIN or RST sets the "
             "established timeout on a closed connection; on OpenWrt that is 7,440 s instead of "

@@ -6,12 +6,25 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 from lab import SERVER4, Lab
 
 # Functional deadlines are generous here (a loaded CI machine); `make bench` reports real latency.
 # Traffic that a test must observe while it runs is held open by gates (lab.gate), never timed.
 OFFLOAD_WAIT = 20.0
+
+# Sends raw frames (hex, one per line on stdin) out of a device, from inside a namespace
+_SEND = ("import socket, sys\n"
+         "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+         "s.bind((sys.argv[1], 0))\n"
+         "for line in sys.stdin.read().split():\n"
+         "    s.send(bytes.fromhex(line))\n")
+
+
+def send(lab: Lab, ns: str, dev: str, frames: list[bytes]) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _SEND, dev],
+                   input="\n".join(f.hex() for f in frames), text=True, check=True, timeout=60)
 
 
 def flows_of(lab: Lab, port: int, state: str | None = "forward") -> list[dict]:

@@ -16,28 +16,15 @@ from scapy.packet import Raw
 from conftest import requires_root
 from fw_ebpf import maps, upkeep
 from fw_ebpf.libbpf import open_pinned_map
-from e2e import finish, gated_flow, wait_offloaded
+from e2e import finish, gated_flow, send, wait_offloaded
 from lab import CLIENT4, ROOT, ROUTER_WAN4, SERVER4, Lab
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
 DEADLINE = 10.0   # generous: a loaded CI machine
 
-# Sends raw frames (hex, one per line on stdin) out of a device, from inside a namespace
-_SEND = ("import socket, sys\n"
-         "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-         "s.bind((sys.argv[1], 0))\n"
-         "for line in sys.stdin.read().split():\n"
-         "    s.send(bytes.fromhex(line))\n")
-
-
 def mac(lab: Lab, ns: str, dev: str) -> str:
     return json.loads(lab.sh(ns, f"ip -j link show dev {dev}"))[0]["address"]
-
-
-def send(lab: Lab, ns: str, dev: str, frames: list[bytes]) -> None:
-    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _SEND, dev],
-                   input="\n".join(f.hex() for f in frames), text=True, check=True, timeout=60)
 
 
 def entry(lab: Lab, ifindex: int, src: str, dst: str) -> dict | None:

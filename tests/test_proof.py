@@ -11,13 +11,15 @@ import subprocess
 
 import pytest
 from scapy.layers.inet import IP, UDP
-from scapy.layers.ppp import PPPoE
+from scapy.layers.l2 import Ether
+from scapy.layers.ppp import PPP, PPPoE
 from scapy.utils import rdpcap
 
 import revoke
 import wire
 from conftest import requires_root
-from e2e import OFFLOAD_WAIT, conntrack_entry, finish, flows_of, gated_flow, wait_offloaded
+from e2e import (OFFLOAD_WAIT, conntrack_entry, finish, flows_of, gated_flow, send,
+                 wait_offloaded)
 from fastpath import checksums_verify
 from lab import (ALT_GATEWAY4, CLIENT4, GATEWAY4, GATEWAY6, ROUTER_WAN4, ROUTER_WAN6, SERVER4,
                  Lab, ruleset_path)
@@ -142,6 +144,32 @@ def test_a_new_pppoe_session_is_proved_again(pppoe_lab: Lab):
                  what="both directions offloaded in the new session", timeout=OFFLOAD_WAIT)
     assert not any(SID in (f.get("pppoe_sid"), f.get("pppoe_sid_out"))
                    for f in flows_of(lab, 46200))
+    lab.open_gate("go")
+    assert finish(proc)["corrupt"] == 0
+
+
+def test_a_reply_from_before_its_connection_does_not_take_its_direction(pppoe_lab: Lab):
+    """A frame with the reply's tuples in another PPPoE session, sent before the connection
+    began (a straggler of an old session): its key waits, undecided. When the connection
+    comes, the reply direction is offloaded in the live session; the straggler's key does not
+    take the direction from it (the first key decided would own it)."""
+    lab = pppoe_lab
+    lab.start_daemon(interfaces=("eth0", "eth1"))
+    sport, stale_sid = 46300, SID - 1
+    straggler = (Ether(src=wire.mac_in(lab.server, "eth1"), dst=wire.mac_in(lab.router, "eth1"))
+                 / PPPoE(sessionid=stale_sid) / PPP(proto=0x0021)
+                 / IP(src=SERVER4, dst=ROUTER_WAN4) / UDP(sport=5201, dport=sport) / b"old")
+    send(lab, lab.server, "eth1", [bytes(straggler)])
+
+    def stale() -> list[dict]:
+        return [f for f in lab.flows(None) if f.get("pppoe_sid") == stale_sid]
+    lab.wait_for(lambda: [f for f in stale() if "no conntrack entry" in f["reason"]],
+                 what="the straggler's key waiting, undecided", timeout=OFFLOAD_WAIT)
+    proc = gated_flow(lab, "udp", sport, count=50)
+    flows = wait_offloaded(lab, sport)
+    replies = [f for f in flows if f["dst"].endswith(f":{sport}")]
+    assert [f.get("pppoe_sid") for f in replies] == [SID], flows
+    assert all("before its connection" in f["reason"] for f in stale()), stale()
     lab.open_gate("go")
     assert finish(proc)["corrupt"] == 0
 

@@ -42,6 +42,9 @@ DROP_TTL_NS = 30 * 10**9
 FINAL_REASONS = ("helper", "seq adjust", "in nft flowtable")
 PPPOE_HLEN = 8
 PROVING_REASON = "waiting for the kernel to forward one of its packets"
+# A reply whose first packet came this much before its connection's first packet is of an
+# earlier connection (the fast path's clock is coarse: a tick or so either way)
+REPLY_BEFORE_NS = 100 * 10**6
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
 RETRY_CHUNK = 256       # retries asked about at once (one batch of conntrack lookups)
 _L4PROTO = maps.Key4.l4proto.offset
@@ -207,6 +210,14 @@ class Admission:
                 self.write_verdict(rec, PASS, why)
             return   # conntrack update events bring it back when it becomes eligible
         conn = entry.orig_id
+        if direction == Direction.REPLY:
+            orig = self.book.bound(conn, Direction.ORIGINAL.value)
+            if orig is not None and 0 < rec.first_ns < orig.first_ns - REPLY_BEFORE_NS:
+                # a reply does not come before its connection's first packet: this key's
+                # packets are of an earlier connection with these tuples (a straggler of an
+                # old PPPoE session), and must not take the direction from the live one
+                rec.reason = "its first packet came before its connection's"
+                return
         new_connection = not self.book.ct_expiry(conn)
         if new_connection and entry.l4proto == socket.IPPROTO_TCP:
             # before any of it is carried: while one direction is offloaded, the other's

@@ -221,9 +221,11 @@ class Upkeep:
                 break
         else:
             self._scan = None
+        first_step = self._slice_done == 0
         self._slice_done = SWEEP_SLICE if self._scan is None else self._slice_done + done
-        log.debug("sweep step: %d entries read, %s", done,
-                  "slice ended" if self._slice_done >= SWEEP_SLICE else "slice goes on")
+        if not (first_step and self._slice_done >= SWEEP_SLICE):    # a slice of one step: quiet
+            log.debug("sweep step: %d entries read, %s", done,
+                      "slice ended" if self._slice_done >= SWEEP_SLICE else "slice goes on")
         self._adoptable -= len(unheard)
         self.admission.on_new(unheard)      # NEW events shed or lost
         self.admission.on_proved(proved)
