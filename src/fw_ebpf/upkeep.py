@@ -46,7 +46,6 @@ _GEN = struct.Struct("=I")
 LINK_VIEW = ("name", "MAC", "MTU", "state", "master", "VLAN id", "parent",
              "VLAN filtering")   # links.Link.fast_path_view
 _GEN_OFFSET = maps.Flow.gen.offset
-_L4PROTO = maps.Key4.l4proto.offset     # in a tuple_id
 
 
 class Upkeep:
@@ -223,9 +222,10 @@ class Upkeep:
             self._scan = None
         first_step = self._slice_done == 0
         self._slice_done = SWEEP_SLICE if self._scan is None else self._slice_done + done
-        if not (first_step and self._slice_done >= SWEEP_SLICE):    # a slice of one step: quiet
+        ended = self._slice_done >= SWEEP_SLICE
+        if not (first_step and ended):    # a slice of one step: quiet
             log.debug("sweep step: %d entries read, %s", done,
-                      "slice ended" if self._slice_done >= SWEEP_SLICE else "slice goes on")
+                      "slice ended" if ended else "slice goes on")
         self._adoptable -= len(unheard)
         self.admission.on_new(unheard)      # NEW events shed or lost
         self.admission.on_proved(proved)
@@ -237,7 +237,6 @@ class Upkeep:
         self._refresh_conntrack(refresh - idle, start)
         if self._scan is None:
             self._end_cycle(cycle)
-        ended = self._slice_done >= SWEEP_SLICE
         if ended:
             self._on_sweep()
         self.tables.heartbeat()
@@ -299,7 +298,7 @@ class Upkeep:
         book = self.book
         half = {p: t / 2 for p, t in full.items()}
         expiry = book.ct_expiry
-        due = [conn for conn in active if expiry(conn) - now < half.get(conn[_L4PROTO], 60)]
+        due = [conn for conn in active if expiry(conn) - now < half.get(maps.id_l4proto(conn), 60)]
         if not due:
             return
         # sent as they are kept, packed: a Tuple of each would cost more than its message
