@@ -38,8 +38,9 @@ BPF_TARGET_le := bpfel
 BPF_TARGET_be := bpfeb
 BPF_ENDIAN_le := little
 BPF_ENDIAN_be := big
-CLANG_RES     := $(shell $(CLANG) -print-resource-dir 2>/dev/null)
-BPF_INCLUDE   := -nostdinc -isystem $(CLANG_RES)/include -I/usr/include/$(MULTIARCH) -I/usr/include
+# read when a recipe runs, not when make starts: on a fresh machine `deps` installs clang first
+CLANG_RES      = $(shell $(CLANG) -print-resource-dir 2>/dev/null)
+BPF_INCLUDE    = -nostdinc -isystem $(CLANG_RES)/include -I/usr/include/$(MULTIARCH) -I/usr/include
 bpf_cflags = $(BPF_INCLUDE) -D__KERNEL__ -D__BPF_TRACING__ -DCONFIG_GENERIC_CSUM \
 	-D__TARGET_ARCH_mips -m$(BPF_ENDIAN_$(1))-endian -fno-stack-protector -Wall \
 	-Wno-unused-value -Wno-pointer-sign -Wno-compare-distinct-pointer-types \
