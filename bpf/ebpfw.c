@@ -685,6 +685,10 @@ int ebpfw_egress(struct __sk_buff *ctx)
 		return TC_ACT_UNSPEC;
 	if (f->state != EBPFW_FORWARD && f->state != EBPFW_PROVING)
 		return TC_ACT_UNSPEC;
+	/* reported, not answered: the daemon has yet to check the new egress (its MTU, its
+	 * hook), so a frame like the reported one does not make it hold in place either */
+	if (f->flags & EBPFW_F_REPORTED)
+		return TC_ACT_UNSPEC;
 	if (seen_l2(data, end, &p, sid, port, &seen))
 		return TC_ACT_UNSPEC;
 	if (!own_mac(seen.smac)) {
@@ -696,10 +700,9 @@ int ebpfw_egress(struct __sk_buff *ctx)
 		count(st, EBPFW_CNT_REPROVED);
 		return TC_ACT_UNSPEC;
 	}
-	if (f->flags & EBPFW_F_REPORTED)
-		return TC_ACT_UNSPEC;
 	f->l2 = seen;
 	f->oif = ctx->ifindex;
+	f->proof_gen = st->gen;
 	f->flags |= EBPFW_F_REPORTED;
 	notify_key(st, p.l3proto, in, EBPFW_EV_PROVED, 0);
 	count(st, EBPFW_CNT_PROVED);

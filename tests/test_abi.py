@@ -111,12 +111,12 @@ def test_object_config_defaults_are_the_python_defaults(bpf_object: Path, tmp_pa
 
 def test_proof_fields_are_read_and_written_where_the_mirror_has_them():
     f = maps.Flow(packets=7, bytes=900, last_seen_ns=5, expires_ns=6, state=maps.State.PROVING,
-                  flags=maps.F_REPORTED | maps.F_NAT, mtu=1, oif=42, gen=3)
+                  flags=maps.F_REPORTED | maps.F_NAT, mtu=1, oif=42, gen=3, proof_gen=8)
     f.l2.vlans, f.l2.vlan_tci[0], f.l2.vlan_tci[1] = 2, 0x2064, 0x000A
     f.l2.pppoe_sid, f.l2.dsa_port, f.nat_sport = 0x1234, 5, 999
     raw = bytes(f)
     assert maps.decode_proof(raw) == maps.Proof(maps.State.PROVING, f.flags, 42,
-                                                (0x2064, 0x000A), 0x1234, 5)
+                                                (0x2064, 0x000A), 0x1234, 5, 8)
     f.l2.vlans = 1
     assert maps.decode_proof(bytes(f)).vlan_tci == (0x2064,)
     f.l2.vlans = 2

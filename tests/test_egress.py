@@ -54,6 +54,7 @@ def test_a_forwarded_frame_proves_its_flow_with_the_l2_header_it_left_with(fp, f
     egress(fp, forwarded_frame(L2_OUT[l2], post))
     f = flow(fp, key)
     assert f.state == State.PROVING and f.flags & maps.F_REPORTED
+    assert f.proof_gen == 3 and maps.decode_proof(fp.flows.lookup(key)).gen == 3
     assert bytes(f.l2) == bytes(maps.encode_l2(L2_OUT[l2].out()))
     assert f.oif == LO_IFINDEX
     assert fp.drain_events() == [(maps.EventType.PROVED, maps.decode_key(key))]
@@ -122,9 +123,16 @@ def test_an_old_generation_leaving_otherwise_is_reported_and_stays_old(fp, chang
     egress(fp, data)
     f = flow(fp, key)
     assert f.state == State.FORWARD and f.gen == 1 and f.flags & maps.F_REPORTED
+    assert f.proof_gen == 2
     assert bytes(f.l2)[:6] == data[:6]
     assert f.l2.pppoe_sid == (0x5555 if change == "pppoe session" else 0)
     assert fp.drain_events() == [(maps.EventType.PROVED, maps.decode_key(key))]
+    # until the daemon answers (the new egress's MTU and hook), the same frame again holds
+    # nothing in place: the flow stays old and passes
+    egress(fp, data)
+    f = flow(fp, key)
+    assert (f.gen, f.flags & maps.F_REPORTED) == (1, maps.F_REPORTED)
+    assert fp.drain_events() == [] and fp.stats()[Counter.REPROVED] == 0
 
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.name)

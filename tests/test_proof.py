@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import subprocess
+import sys
 
 import pytest
 from scapy.layers.inet import IP, UDP
@@ -21,8 +24,10 @@ from conftest import requires_root
 from e2e import (OFFLOAD_WAIT, conntrack_entry, finish, flows_of, gated_flow, send,
                  wait_offloaded)
 from fastpath import checksums_verify
+from fw_ebpf import maps
+from fw_ebpf.libbpf import open_pinned_map
 from lab import (ALT_GATEWAY4, CLIENT4, GATEWAY4, GATEWAY6, ROUTER_WAN4, ROUTER_WAN6, SERVER4,
-                 Lab, ruleset_path)
+                 Lab, ruleset_path, run)
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
@@ -46,6 +51,67 @@ def test_a_rule_outside_fw4s_model_stops_offloaded_flows_at_once(lab: Lab, mode:
     assert not late, f"{len(late)} datagrams arrived after the rule, up to {max(late)} s"
     assert any(t < out.inserted for t in out.arrivals), "nothing arrived before the rule"
     assert out.forwarded > 0
+
+
+# -- a proof and a generation ---------------------------------------------------------------
+
+def datagram(lab: Lab, sport: int) -> None:
+    """One UDP datagram from the client to a closed port of the server (no reply direction)."""
+    run("ip", "netns", "exec", lab.client, sys.executable, "-c",
+        f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(('{CLIENT4}', {sport})); s.sendto(b'x', ('{SERVER4}', 9))")
+
+
+def pinned_flow(lab: Lab, sport: int) -> maps.Flow | None:
+    """The kernel's entry of the flow from the client's sport, read from the pinned table."""
+    with open_pinned_map(f"{lab.pin_dir}/{maps.TABLES[maps.L3_IPV4][0]}") as m:
+        for key, value in m.lookup_batch(4096):
+            t = maps.decode_key(key).tuple
+            if str(t.saddr) == CLIENT4 and t.sport == sport:
+                return maps.decode_flow(value)
+    return None
+
+
+def waiting_for_events(pid: int) -> bool:
+    """The daemon sleeps in its poll, between two turns of its loop."""
+    with open(f"/proc/{pid}/wchan") as f:
+        return "epoll" in f.read()
+
+
+def test_a_proof_read_after_a_generation_began_does_not_hold_in_it(lab: Lab):
+    """The egress program proves a flow in generation N; the daemon reads the report only after
+    it began N+1 (it was stopped while a route was added, then the flow's datagram was
+    forwarded). The flow is made FORWARD in N, which no longer holds: it passes until the
+    kernel forwards it in N+1, and the egress program proves it again in place."""
+    lab.start_daemon("--heartbeat-timeout", "600")   # stopped, it must not fail open
+    sport, pid = 43100, lab.daemon.pid
+    datagram(lab, sport)
+    lab.wait_for(lambda: flows_of(lab, sport, "proving"), what="the flow waiting for proof",
+                 timeout=OFFLOAD_WAIT)
+    gen = lab.status()["generation"]["number"]
+    # between two turns: the route's event is read before the report, in the order they came
+    lab.wait_for(lambda: waiting_for_events(pid), what="the daemon idle", timeout=OFFLOAD_WAIT)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lab.sh(lab.router, f"ip route add 198.18.0.0/24 via {ALT_GATEWAY4}")
+        datagram(lab, sport)
+        lab.wait_for(lambda: (f := pinned_flow(lab, sport)) and f.flags & maps.F_REPORTED,
+                     what="the egress program's report", timeout=OFFLOAD_WAIT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert pinned_flow(lab, sport).proof_gen == gen
+
+    def answered() -> bool:
+        f = pinned_flow(lab, sport)
+        return lab.status()["generation"]["number"] != gen and f is not None and \
+            f.state == maps.State.FORWARD and not f.flags & maps.F_REPORTED
+    lab.wait_for(answered, what="a new generation and the report answered",
+                 timeout=OFFLOAD_WAIT)
+    assert pinned_flow(lab, sport).gen == gen, "made FORWARD in a generation it was not proved in"
+    datagram(lab, sport)
+    now = lab.status()["generation"]["number"]
+    lab.wait_for(lambda: pinned_flow(lab, sport).gen == now,
+                 what="the flow proved again in place", timeout=OFFLOAD_WAIT)
 
 
 # -- PPPoE: the egress learned from the frame the kernel sent ----------------------------------

@@ -8,7 +8,8 @@
              tuple it will leave with; the fast path still passes it
     PROVED   the egress program saw the kernel forward one of its packets, after every
              netfilter hook, and wrote the device and L2 header into the entry
-    FORWARD  from the hook that can send to that device, in the current generation
+    FORWARD  from the hook that can send to that device, in the generation it was proved in
+             (a proof read after a change does not hold in the new generation)
 
 A connection's direction has one ingress key: a copy of its tuple arriving elsewhere (spoofed,
 or asymmetric routing) stays with the stack. The other direction is made PROVING as soon as one
@@ -153,11 +154,13 @@ class Admission:
             return
         mtu = max(0, self._egress_mtu(p.oif, p.dsa_port) - (PPPOE_HLEN if p.pppoe_sid else 0))
         flags = p.flags & ~(maps.F_REPORTED | maps.F_TC_ONLY) | (maps.F_TC_ONLY if tc_only else 0)
-        # packets the fast path counted meanwhile (an old generation's flow) are kept
+        # in the generation of the proof: one made before a change holds only once the kernel
+        # forwards the flow again (in place); packets the fast path counted meanwhile are kept
         self.tables.stage(key, maps.encode_forwarding(
-            raw, flags, mtu, self.tables.gen, time.monotonic_ns() if first else 0),
-            pending_too=False)
-        rec.state, rec.reason, rec.since = FORWARD, "offloaded", time.monotonic()
+            raw, flags, mtu, p.gen, time.monotonic_ns() if first else 0), pending_too=False)
+        rec.state, rec.since = FORWARD, time.monotonic()
+        rec.reason = "offloaded" if p.gen == self.tables.gen else \
+            f"proved in generation {p.gen}, before this one: waiting to be proved again"
         if log.isEnabledFor(logging.DEBUG):
             log.debug("forward %s via %s (%s)", rec.info.tuple, self.links.name(p.oif),
                       "tc" if tc_only else "xdp or tc")

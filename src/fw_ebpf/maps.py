@@ -185,7 +185,7 @@ class Flow(ctypes.Structure):
         ("l2", L2),
         ("pad", ctypes.c_uint16),
         ("gen", ctypes.c_uint32),
-        ("pad2", ctypes.c_uint32),
+        ("proof_gen", ctypes.c_uint32),
     ]
 
 
@@ -411,6 +411,7 @@ class Proof(NamedTuple):
     vlan_tci: tuple[int, ...]   # outer first, as many as the frame leaves with
     pppoe_sid: int
     dsa_port: int
+    gen: int                    # the generation the kernel was seen forwarding it in
 
 
 _ROUTE = struct.Struct("=BBHI")     # state, flags, mtu, oif: contiguous in Flow
@@ -418,13 +419,15 @@ _ROUTE_AT = Flow.state.offset
 _L2_TAGS = struct.Struct("=HHHBB")  # vlan_tci[2], pppoe_sid, vlans, dsa_port: the end of L2
 _L2_TAGS_AT = Flow.l2.offset + L2.vlan_tci.offset
 _GEN = struct.Struct("=I")
+_PROOF_GEN_AT = Flow.proof_gen.offset
 
 
 def decode_proof(raw: bytes) -> Proof:
     """decode_flow() of the fields admission reads from a proved value, without ctypes."""
     state, flags, _, oif = _ROUTE.unpack_from(raw, _ROUTE_AT)
     tci0, tci1, pppoe_sid, vlans, dsa_port = _L2_TAGS.unpack_from(raw, _L2_TAGS_AT)
-    return Proof(state, flags, oif, (tci0, tci1)[:vlans], pppoe_sid, dsa_port)
+    return Proof(state, flags, oif, (tci0, tci1)[:vlans], pppoe_sid, dsa_port,
+                 _GEN.unpack_from(raw, _PROOF_GEN_AT)[0])
 
 
 def encode_forwarding(raw: bytes, flags: int, mtu: int, gen: int, last_seen_ns: int = 0) \

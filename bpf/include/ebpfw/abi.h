@@ -121,8 +121,10 @@ enum ebpfw_state {
 /*
  * Flow table value. The BPF side creates PENDING entries and updates the
  * counters, last_seen_ns and the CLOSING flag; ebpfw_egress writes l2, oif,
- * gen and the REPORTED flag of entries that are PROVING or not of the current
- * generation; everything else is written by the daemon. Counters are plain
+ * gen, proof_gen and the REPORTED flag of entries that are PROVING or not of
+ * the current generation; everything else is written by the daemon. The
+ * daemon makes a reported flow FORWARD in proof_gen, not in its own
+ * generation: a proof it reads after a change does not hold after it. Counters are plain
  * adds, no locked instruction: a flow's packets arrive on one RX queue, so
  * only packets of one flow handled on two CPUs at the same instant can lose
  * an increment (an under-count).
@@ -151,7 +153,7 @@ struct ebpfw_flow {
 	struct ebpfw_l2 l2;
 	__u16 pad;
 	__u32 gen;		/* FORWARD, DROP: the runtime generation it holds in */
-	__u32 pad2;
+	__u32 proof_gen;	/* egress: the generation its last report was made in */
 };
 
 /* Ring buffer record types */
