@@ -19,6 +19,8 @@ import pytest
 from conftest import requires_root
 from e2e import OFFLOAD_WAIT, attached, finish, flows_of, gated_flow, wait_offloaded
 from fw_ebpf import maps
+from fw_ebpf.admission import RETRIES_MAX
+from fw_ebpf.daemon import ADMIT_CHUNK
 from fw_ebpf.libbpf import open_pinned_map
 from fw_ebpf.loader import pending_size
 from lab import (ALT_GATEWAY6, CLIENT4, EBPFW, GATEWAY4, ROOT, ROUTER_WAN4, SERVER6, Lab,
@@ -176,6 +178,68 @@ def test_undecided_flows_the_pending_table_dropped_are_forgotten(lab: Lab):
     lab.wait_for(lambda: lab.status()["flows"]["pending"] == 0,
                  what=f"all {told} undecided flows forgotten", timeout=120, interval=0.5)
     assert lab.ctl_ok()
+
+
+def test_rejected_flows_past_what_the_pending_tables_hold_are_forgotten_oldest_first(lab: Lab):
+    """Twice as many tuples fw4 rejects as the pending tables hold, and no sweep meanwhile to
+    forget any (its interval is longer than the test): as each new one is found to have no
+    conntrack entry, the oldest are forgotten, so the daemon remembers no more of them than
+    the tables can hold (a flood costs it bounded memory), and says how many it forgot."""
+    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
+    lab.start_daemon("--flows-max", "1024", "--event-rate", "100000", "--sweep-interval", "60",
+                     "--heartbeat-timeout", "600")
+    held = len(maps.TABLES) * pending_size(1024)
+    before = lab.stats()
+    send = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for port in range(20000, {20000 + 2 * held}):\n"
+            f"    s.sendto(b'x', ('{CLIENT4}', port))\n")
+    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
+    after = lab.stats()
+    heard = after["pass_miss"] - before["pass_miss"] - after["event_shed"] - after["event_lost"]
+    assert heard > held, f"the daemon heard of {heard} flows: the test proves nothing"
+
+    def settled() -> dict | None:
+        status = lab.status()
+        waiting = [f for f in lab.flows("pending") if f["reason"] != "no conntrack entry"]
+        return None if waiting else status
+    status = lab.wait_for(settled, what="every rejected flow looked up", timeout=120,
+                          interval=0.5)
+    assert status["flows"]["pending"] <= held
+    assert status["rejected_forgotten"] >= heard - held
+    assert lab.ctl_ok()
+
+
+def test_a_flood_of_rejected_flows_waits_for_the_retries_it_holds(lab: Lab):
+    """Three times as many new tuples fw4 rejects at once as flows may wait for a retry of
+    their lookup (each waits for all of RETRY_DELAYS): new flows wait in the daemon's backlog
+    until the retries drain, so no more than the bound wait for one at a time; every tuple is
+    looked up all the same, and the daemon answers throughout."""
+    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
+    # pending tables that hold the whole flood (the LRU takes none of it), and no sweep to
+    # forget what waits too long (its interval is longer than the test)
+    lab.start_daemon("--flows-max", str(8 * 4 * RETRIES_MAX), "--event-rate", "1000000",
+                     "--sweep-interval", "60", "--heartbeat-timeout", "600")
+    before = lab.stats()
+    send = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range({3 * RETRIES_MAX}):\n"
+            f"    s.sendto(b'x', ('{CLIENT4}', 20000 + i % 40000))\n")
+    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
+    after = lab.stats()
+    heard = after["pass_miss"] - before["pass_miss"] - after["event_shed"] - after["event_lost"]
+    assert heard > 2 * RETRIES_MAX, f"the daemon heard of {heard} flows: the test proves nothing"
+
+    def drained() -> dict | None:
+        status = lab.status()
+        backlog = status["admission_backlog"]
+        return status if backlog["new"] == backlog["retrying"] == 0 else None
+    status = lab.wait_for(drained, what="every rejected flow looked up", timeout=120,
+                          interval=0.5)
+    assert RETRIES_MAX <= status["admission_backlog"]["retrying_peak"] <= \
+        RETRIES_MAX + ADMIT_CHUNK, status["admission_backlog"]
+    rejected = [f for f in lab.flows("pending") if f["reason"] == "no conntrack entry"]
+    assert len(rejected) + status["rejected_forgotten"] >= heard
 
 
 # -- a host that lacks what the fast path needs: one line, nothing attached, firewall as it was

@@ -23,6 +23,7 @@ import math
 import socket
 import time
 from array import array
+from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from fw_ebpf import maps
@@ -47,6 +48,10 @@ PROVING_REASON = "waiting for the kernel to forward one of its packets"
 # earlier connection (the fast path's clock is coarse: a tick or so either way)
 REPLY_BEFORE_NS = 100 * 10**6
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
+# Flows waiting for a retry of their lookup. A flood of tuples the firewall rejects keeps each
+# waiting for every one of RETRY_DELAYS: past this many, new flows wait in the daemon's
+# backlog, then in the pending tables, so its memory stays bounded whatever comes
+RETRIES_MAX = 8192
 RETRY_CHUNK = 256       # retries asked about at once (one batch of conntrack lookups)
 _L4PROTO = maps.Key4.l4proto.offset
 
@@ -89,14 +94,23 @@ class Samples:
 class Admission:
     def __init__(self, book: FlowBook, tables: FlowTables, conntrack: Conntrack, links: Links,
                  hooks: Hooks, policy: Callable[[], Policy | None],
-                 tx_devices: Callable[[], set[int]], egress_mtu: EgressMtu) -> None:
+                 tx_devices: Callable[[], set[int]], egress_mtu: EgressMtu,
+                 rejected_max: int) -> None:
         self.book, self.tables, self.conntrack, self.links = book, tables, conntrack, links
         self._hooks = hooks
         self._policy = policy
         self._tx_devices = tx_devices      # egress devices in the XDP devmap
         self._egress_mtu = egress_mtu
         self._retries: list[tuple[float, int, bytes]] = []
+        # Flows the kernel keeps no connection for are remembered, so their packets cost no
+        # lookup, while they last; past rejected_max (what the pending tables hold: the LRU
+        # has taken the entries of older ones), the oldest are forgotten with their entries.
+        # A flood of rejected tuples costs the daemon bounded memory (0.4 KB a key in the book).
+        self._rejected: deque[bytes] = deque()     # oldest first
+        self._rejected_max = rejected_max
+        self.forgotten = 0      # rejected keys forgotten to make room (status)
         self._retry_seq = 0
+        self.retrying_peak = 0      # the most flows that waited for a retry at once (status)
         self.admission_ms = Samples()   # first packet -> FORWARD
         self.proving_ms = Samples()     # first packet -> PROVING
         tables.on_index_full = self._index_full
@@ -299,8 +313,18 @@ class Admission:
         self._retry_seq += 1
         heapq.heappush(self._retries, (time.monotonic() + RETRY_DELAYS[attempt],
                                        self._retry_seq, rec.key))
+        self.retrying_peak = max(self.retrying_peak, len(self._retries))
         rec.attempts = attempt + 1
         rec.reason = "waiting for conntrack"
+
+    @property
+    def retrying(self) -> int:
+        return len(self._retries)
+
+    @property
+    def saturated(self) -> bool:
+        """Too many flows wait for a retry to take new ones (RETRIES_MAX)."""
+        return len(self._retries) >= RETRIES_MAX
 
     @property
     def next_retry(self) -> float:
@@ -331,6 +355,7 @@ class Admission:
         be answered by the stack, and anything else stays with it.
         """
         rec.reason = "no conntrack entry"
+        self._remember_rejected(rec.key)
         policy = self._policy()
         if policy is None:
             return
@@ -352,6 +377,20 @@ class Admission:
                 DROP, expires_ns=time.monotonic_ns() + ttl_ns, gen=self.tables.gen))
             rec.state = DROP
             log.debug("early drop %s: %s", t, decision.reason)
+
+    def _remember_rejected(self, key: bytes) -> None:
+        rejected = self._rejected
+        rejected.append(key)
+        while len(rejected) > self._rejected_max:
+            old = self.book.get(rejected.popleft())
+            # a key decided since, or forgotten and seen anew, is not this one's to forget
+            if old is None or old.state != PENDING or old.conn is not None or \
+                    not old.reason.startswith("no conntrack entry"):
+                continue
+            # its next packet makes a PENDING entry again: looked up, as a new flow
+            self.tables.unpend(old.key)
+            self.book.remove(old.key)
+            self.forgotten += 1
 
     # -- conntrack events -------------------------------------------------------------------
 

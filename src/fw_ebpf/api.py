@@ -108,6 +108,15 @@ def status(d: Daemon, _args: dict[str, Any]) -> dict[str, Any]:
         "last_sweep_cpu_ms": round(d.upkeep.last_sweep_cpu_s * 1000, 2),
         # flows the sweep found itself: their NEW or PROVED event was shed or lost
         "sweep_recovered": d.upkeep.recovered,
+        # new flows waiting for the daemon: in its backlog, for a retry of their lookup (past
+        # a bound, new ones wait), the most that ever did, and those the full backlog passed
+        # over (taken up later from the pending tables)
+        "admission_backlog": {"new": len(d.new_flows), "retrying": d.admission.retrying,
+                              "retrying_peak": d.admission.retrying_peak,
+                              "passed_over": d.left_pending},
+        # flows without a conntrack entry forgotten, oldest first, past what the pending
+        # tables hold (a flood of rejected tuples)
+        "rejected_forgotten": d.admission.forgotten,
         # first packet seen by the fast path -> FORWARD written / -> PROVING written
         "admission_ms": _percentiles(list(d.admission_ms)),
         "proving_ms": _percentiles(list(d.admission.proving_ms)),

@@ -33,7 +33,7 @@ from fw_ebpf.flowtable import FlowTables
 from fw_ebpf.fw4live import Fw4Keeper
 from fw_ebpf.libbpf import BpfMap, RingBuffer
 from fw_ebpf.links import Links, RtEvents
-from fw_ebpf.loader import BYTE_ORDER, Loader, default_object_dir
+from fw_ebpf.loader import BYTE_ORDER, Loader, default_object_dir, pending_size
 from fw_ebpf.maps import State
 from fw_ebpf.nftevents import NftEvents
 from fw_ebpf.policy import Facts, Policy
@@ -88,11 +88,11 @@ class Daemon:
         self._reload = False
         self._ring_read: list[bytes] = []
         # to admit: (key, when the fast path saw the flow's first packet, 0: not known)
-        self._new_flows: collections.deque[tuple[bytes, int]] = collections.deque()
+        self.new_flows: collections.deque[tuple[bytes, int]] = collections.deque()
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
         self._turn_ends = 0.0       # the current turn's budget for new flows and retries
-        self._left_pending = 0      # NEW events passed over for a full backlog (catch_up)
+        self.left_pending = 0      # NEW events passed over for a full backlog (catch_up)
         self._events_lost = 0       # the fast path's count when the proofs were last checked
         self._next_proof_check = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap
@@ -116,7 +116,8 @@ class Daemon:
             self.nft_events = stack.enter_context(NftEvents())
             self.admission = Admission(self.book, self.tables, self.conntrack, self.links,
                                        self.loader.hooks, lambda: self.policy, lambda: self._tx,
-                                       self._egress_mtu)
+                                       self._egress_mtu, rejected_max=len(maps.TABLES) *
+                                       pending_size(self.settings.flows_max))
             self.upkeep = Upkeep(self.book, self.tables, self.admission, self.conntrack,
                                  lambda: self.settings.idle_timeout, self._after_sweep)
             self.policy = self._load_policy()
@@ -325,7 +326,7 @@ class Daemon:
                 self._drain_ring()
                 self.tables.beat()
                 self.admission.run_retries(self._turn_ends)
-                if not self._new_flows and time.monotonic() >= self._next_catch_up:
+                if not self.new_flows and time.monotonic() >= self._next_catch_up:
                     self._catch_up()
                 if time.monotonic() >= self.fw4.retry_at:
                     self._fw4_tick()
@@ -344,7 +345,7 @@ class Daemon:
             wake_w.close()
 
     def _timeout(self) -> float:
-        if self._new_flows or self._ring_read:
+        if self._ring_read or self.new_flows and not self.admission.saturated:
             return 0.0
         deadline = min(self._next_sweep, self.admission.next_retry, self.fw4.retry_at,
                        self.tables.next_beat_ns / 1e9)
@@ -353,9 +354,10 @@ class Daemon:
     def sweep(self) -> None:
         """A step of the sweep: the slice's next one comes next turn, after the new flows
         that came meanwhile; the next slice a sweep_interval after this one ends."""
-        if len(self._new_flows) < RING_BACKLOG:
+        if len(self.new_flows) < RING_BACKLOG:
             self._drain_ring()
-        if self.upkeep.sweep(recover=not self._new_flows and not self._ring_read):
+        if self.upkeep.sweep(recover=not self.new_flows and not self._ring_read and
+                             not self.admission.saturated):
             self._next_sweep = time.monotonic() + self.settings.sweep_interval
 
     # -- events ---------------------------------------------------------------------------------
@@ -373,10 +375,10 @@ class Daemon:
         for raw in read:
             kind, key, first_ns = maps.split_event(raw)
             if kind == maps.EV_NEW:
-                if len(self._new_flows) < RING_BACKLOG:
-                    self._new_flows.append((key, first_ns))
+                if len(self.new_flows) < RING_BACKLOG:
+                    self.new_flows.append((key, first_ns))
                 else:
-                    self._left_pending += 1
+                    self.left_pending += 1
             elif kind == maps.EV_PROVED:
                 proved.append(key)
             elif kind == maps.EV_CLOSING:
@@ -385,9 +387,9 @@ class Daemon:
         for key in closing:     # after the proofs: a flow proved and closed is gone
             self.tables.beat()
             self.admission.on_closing(key)
-        while self._new_flows:
-            n = min(ADMIT_CHUNK, len(self._new_flows))
-            self.admission.on_new([self._new_flows.popleft() for _ in range(n)])
+        while self.new_flows and not self.admission.saturated:
+            n = min(ADMIT_CHUNK, len(self.new_flows))
+            self.admission.on_new([self.new_flows.popleft() for _ in range(n)])
             self.ring.consume()
             if time.monotonic() >= self._turn_ends:
                 break
@@ -397,12 +399,12 @@ class Daemon:
         the new ones once the backlog is done; flows whose PROVED event was lost are found."""
         self._next_catch_up = time.monotonic() + CATCH_UP_INTERVAL
         counters = self.stats()
-        waiting = {key for key, _ in self._new_flows}
+        waiting = {key for key, _ in self.new_flows}
         waiting.update(key for kind, key, _ in map(maps.split_event, self._ring_read)
                        if kind == maps.EventType.NEW)
-        self._new_flows.extend(self.upkeep.catch_up(
+        self.new_flows.extend(self.upkeep.catch_up(
             counters[maps.Counter.EVENT_SHED] + counters[maps.Counter.EVENT_LOST]
-            + self._left_pending, waiting))
+            + self.left_pending, waiting))
         now = time.monotonic()
         if counters[maps.Counter.EVENT_LOST] != self._events_lost and \
                 now >= self._next_proof_check:

@@ -62,6 +62,11 @@ class FlowTables:
             self._unpend[fam].append(key)
         self._dirty = True
 
+    def unpend(self, key: bytes) -> None:
+        """delete_pending() at the next flush, in one batch with the others."""
+        self._unpend[maps.key_family(key)].append(key)
+        self._dirty = True
+
     def flush(self) -> None:
         """Writes what was staged: decided entries first, so the fast path never finds
         neither."""
