@@ -40,7 +40,7 @@ FLOWS = BENCH / "flows.py"
 LEVELS = tuple(int(x) for x in os.environ.get("EBPFW_CONTROL_LEVELS",
                                               "1000,10000,64000").split(","))
 RUNS = int(os.environ.get("EBPFW_CONTROL_RUNS", "3"))
-PACED_RATE = 5000
+PACED_RATE = 6000
 STEADY_S = 5.0
 CATCH_UP_TIMEOUT_S = 300.0
 STALL_S = 30.0
