@@ -19,7 +19,6 @@ import pytest
 from conftest import requires_root
 from e2e import OFFLOAD_WAIT, attached, finish, flows_of, gated_flow, wait_offloaded
 from fw_ebpf import maps
-from fw_ebpf.admission import RETRIES_MAX
 from fw_ebpf.daemon import ADMIT_CHUNK
 from fw_ebpf.libbpf import open_pinned_map
 from fw_ebpf.loader import pending_size
@@ -152,27 +151,29 @@ def test_full_egress_index_leaves_new_flows_to_the_stack(lab: Lab):
         assert result["received"] == result["sent"] > 50 and result["corrupt"] == 0
 
 
+def rejected_flood(lab: Lab, count: int) -> int:
+    """count new tuples from the server to the client's ports, which fw4 rejects (WAN -> LAN
+    without a connection); how many of them the daemon heard of (NEW events not shed or lost)."""
+    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
+    before = lab.stats()
+    send = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"for i in range({count}):\n"
+            f"    s.sendto(b'x', ('{CLIENT4}', 20000 + i % 40000))\n")
+    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
+    after = lab.stats()
+    return after["pass_miss"] - before["pass_miss"] - (after["event_shed"] - before["event_shed"]) \
+        - (after["event_lost"] - before["event_lost"])
+
+
 @requires_root
 def test_undecided_flows_the_pending_table_dropped_are_forgotten(lab: Lab):
     """A flood of tuples fw4 rejects, four times what the PENDING table holds: the LRU takes
     most entries, before or after the daemon heard of them (a NEW event each). A sweep cycle
     that no longer finds an entry forgets its record; those it finds go when undecided too
     long. Nothing of the flood stays in the book."""
-    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
     lab.start_daemon("--flows-max", "1024", "--event-rate", "100000")
-    flood = 4 * pending_size(1024)
-
-    def heard(stats: dict[str, int]) -> int:
-        """Flows whose NEW event reached the daemon: first packets, less shed and lost."""
-        return stats["pass_miss"] - stats["event_shed"] - stats["event_lost"]
-
-    before = heard(lab.stats())
-    send = ("import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for port in range(20000, {20000 + flood}):\n"
-            f"    s.sendto(b'x', ('{CLIENT4}', port))\n")
-    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
-    told = heard(lab.stats()) - before
+    told = rejected_flood(lab, 4 * pending_size(1024))
     # more than the table holds: the LRU took the entries of that many records or more
     assert told > pending_size(1024), f"the daemon heard of {told} flows: the test proves nothing"
     lab.wait_for(lambda: lab.status()["flows"]["pending"] == 0,
@@ -185,18 +186,10 @@ def test_rejected_flows_past_what_the_pending_tables_hold_are_forgotten_oldest_f
     forget any (its interval is longer than the test): as each new one is found to have no
     conntrack entry, the oldest are forgotten, so the daemon remembers no more of them than
     the tables can hold (a flood costs it bounded memory), and says how many it forgot."""
-    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
     lab.start_daemon("--flows-max", "1024", "--event-rate", "100000", "--sweep-interval", "60",
                      "--heartbeat-timeout", "600")
     held = len(maps.TABLES) * pending_size(1024)
-    before = lab.stats()
-    send = ("import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for port in range(20000, {20000 + 2 * held}):\n"
-            f"    s.sendto(b'x', ('{CLIENT4}', port))\n")
-    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
-    after = lab.stats()
-    heard = after["pass_miss"] - before["pass_miss"] - after["event_shed"] - after["event_lost"]
+    heard = rejected_flood(lab, 2 * held)
     assert heard > held, f"the daemon heard of {heard} flows: the test proves nothing"
 
     def settled() -> dict | None:
@@ -212,23 +205,15 @@ def test_rejected_flows_past_what_the_pending_tables_hold_are_forgotten_oldest_f
 
 def test_a_flood_of_rejected_flows_waits_for_the_retries_it_holds(lab: Lab):
     """Three times as many new tuples fw4 rejects at once as flows may wait for a retry of
-    their lookup (each waits for all of RETRY_DELAYS): new flows wait in the daemon's backlog
-    until the retries drain, so no more than the bound wait for one at a time; every tuple is
-    looked up all the same, and the daemon answers throughout."""
-    lab.sh(lab.server, f"ip route add 192.168.1.0/24 via {ROUTER_WAN4}")
-    # pending tables that hold the whole flood (the LRU takes none of it), and no sweep to
-    # forget what waits too long (its interval is longer than the test)
-    lab.start_daemon("--flows-max", str(8 * 4 * RETRIES_MAX), "--event-rate", "1000000",
-                     "--sweep-interval", "60", "--heartbeat-timeout", "600")
-    before = lab.stats()
-    send = ("import socket\n"
-            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-            f"for i in range({3 * RETRIES_MAX}):\n"
-            f"    s.sendto(b'x', ('{CLIENT4}', 20000 + i % 40000))\n")
-    run("ip", "netns", "exec", lab.server, sys.executable, "-c", send)
-    after = lab.stats()
-    heard = after["pass_miss"] - before["pass_miss"] - after["event_shed"] - after["event_lost"]
-    assert heard > 2 * RETRIES_MAX, f"the daemon heard of {heard} flows: the test proves nothing"
+    their lookup (each waits for all of RETRY_DELAYS; as many as a pending table holds): new
+    flows wait in the daemon's backlog until the retries drain, so no more than that wait for
+    one at a time; every tuple is looked up all the same, and the daemon answers throughout."""
+    # no sweep to forget what waits too long (its interval is longer than the test)
+    lab.start_daemon("--flows-max", "8192", "--event-rate", "1000000", "--sweep-interval", "60",
+                     "--heartbeat-timeout", "600")
+    retries_max = pending_size(8192)
+    heard = rejected_flood(lab, 3 * retries_max)
+    assert heard > 2 * retries_max, f"the daemon heard of {heard} flows: the test proves nothing"
 
     def drained() -> dict | None:
         status = lab.status()
@@ -236,8 +221,8 @@ def test_a_flood_of_rejected_flows_waits_for_the_retries_it_holds(lab: Lab):
         return status if backlog["new"] == backlog["retrying"] == 0 else None
     status = lab.wait_for(drained, what="every rejected flow looked up", timeout=120,
                           interval=0.5)
-    assert RETRIES_MAX <= status["admission_backlog"]["retrying_peak"] <= \
-        RETRIES_MAX + ADMIT_CHUNK, status["admission_backlog"]
+    assert retries_max <= status["admission_backlog"]["retrying_peak"] <= \
+        retries_max + ADMIT_CHUNK, status["admission_backlog"]
     rejected = [f for f in lab.flows("pending") if f["reason"] == "no conntrack entry"]
     assert len(rejected) + status["rejected_forgotten"] >= heard
 

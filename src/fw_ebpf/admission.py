@@ -48,10 +48,6 @@ PROVING_REASON = "waiting for the kernel to forward one of its packets"
 # earlier connection (the fast path's clock is coarse: a tick or so either way)
 REPLY_BEFORE_NS = 100 * 10**6
 RECHECK_BATCH = 1024    # records asked about at once after lost conntrack events
-# Flows waiting for a retry of their lookup. A flood of tuples the firewall rejects keeps each
-# waiting for every one of RETRY_DELAYS: past this many, new flows wait in the daemon's
-# backlog, then in the pending tables, so its memory stays bounded whatever comes
-RETRIES_MAX = 8192
 RETRY_CHUNK = 256       # retries asked about at once (one batch of conntrack lookups)
 _L4PROTO = maps.Key4.l4proto.offset
 
@@ -95,13 +91,17 @@ class Admission:
     def __init__(self, book: FlowBook, tables: FlowTables, conntrack: Conntrack, links: Links,
                  hooks: Hooks, policy: Callable[[], Policy | None],
                  tx_devices: Callable[[], set[int]], egress_mtu: EgressMtu,
-                 rejected_max: int) -> None:
+                 retries_max: int, rejected_max: int) -> None:
         self.book, self.tables, self.conntrack, self.links = book, tables, conntrack, links
         self._hooks = hooks
         self._policy = policy
         self._tx_devices = tx_devices      # egress devices in the XDP devmap
         self._egress_mtu = egress_mtu
         self._retries: list[tuple[float, int, bytes]] = []
+        # A flood of tuples the firewall rejects keeps each waiting for every retry of its
+        # lookup (RETRY_DELAYS): past retries_max waiting, new flows wait in the daemon's
+        # backlog, then in the pending tables, so its memory stays bounded whatever comes
+        self._retries_max = retries_max
         # Flows the kernel keeps no connection for are remembered, so their packets cost no
         # lookup, while they last; past rejected_max (what the pending tables hold: the LRU
         # has taken the entries of older ones), the oldest are forgotten with their entries.
@@ -323,8 +323,8 @@ class Admission:
 
     @property
     def saturated(self) -> bool:
-        """Too many flows wait for a retry to take new ones (RETRIES_MAX)."""
-        return len(self._retries) >= RETRIES_MAX
+        """Too many flows wait for a retry to take new ones."""
+        return len(self._retries) >= self._retries_max
 
     @property
     def next_retry(self) -> float:

@@ -114,10 +114,11 @@ class Daemon:
             self.links = stack.enter_context(Links())
             self.rt_events = stack.enter_context(RtEvents())
             self.nft_events = stack.enter_context(NftEvents())
+            pending = pending_size(self.settings.flows_max)     # entries a pending table holds
             self.admission = Admission(self.book, self.tables, self.conntrack, self.links,
                                        self.loader.hooks, lambda: self.policy, lambda: self._tx,
-                                       self._egress_mtu, rejected_max=len(maps.TABLES) *
-                                       pending_size(self.settings.flows_max))
+                                       self._egress_mtu, retries_max=pending,
+                                       rejected_max=len(maps.TABLES) * pending)
             self.upkeep = Upkeep(self.book, self.tables, self.admission, self.conntrack,
                                  lambda: self.settings.idle_timeout, self._after_sweep)
             self.policy = self._load_policy()
