@@ -318,8 +318,9 @@ def _reruns(meta: Results) -> str:
         if r["command"] == meta.get("command"):
             continue
         host = r.get("cpu_model", meta.get("cpu_model"))
-        other = "" if host == meta.get("cpu_model") else \
-            f" on another machine ({host}, kernel {r.get('kernel', '?')})"
+        kernel = r.get("kernel", meta.get("kernel"))
+        other = "" if (host, kernel) == (meta.get("cpu_model"), meta.get("kernel")) else \
+            f" on another machine ({host}, kernel {kernel or '?'})"
         later.append(f"{name} re-run with `{r['command']}` on {r['date']}{other}")
     return f" ({'; '.join(later)})" if later else ""
 
