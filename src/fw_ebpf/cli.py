@@ -176,6 +176,11 @@ def _print_status(s: dict[str, Any]) -> None:
     if adm["count"]:
         print(f"admission (first packet to offloaded): p50 {adm['p50']} ms, p99 {adm['p99']} ms, "
               f"max {adm['max']} ms over {adm['count']} flows")
+    b = s.get("admission_backlog", {})
+    if b.get("new") or b.get("retrying") or b.get("passed_over") or s.get("rejected_forgotten"):
+        print(f"new flows waiting: {b.get('new', 0)} in the backlog, {b.get('retrying', 0)} for "
+              f"a retry of their lookup; {b.get('passed_over', 0)} passed over for a full "
+              f"backlog, {s.get('rejected_forgotten', 0)} without a conntrack entry forgotten")
     g = s["generation"]
     waiting = f", {g['waiting']} flows waiting to be proved again" if g["waiting"] else ""
     print(f"generation {g['number']} ({g['why']}, {g['age_s']} s ago){waiting}")
