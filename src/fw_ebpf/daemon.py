@@ -92,7 +92,7 @@ class Daemon:
         self._next_sweep = 0.0
         self._next_catch_up = 0.0
         self._turn_ends = 0.0       # the current turn's budget for new flows and retries
-        self.left_pending = 0      # NEW events passed over for a full backlog (catch_up)
+        self.left_pending = 0       # NEW events passed over for a full backlog (catch_up)
         self._events_lost = 0       # the fast path's count when the proofs were last checked
         self._next_proof_check = 0.0
         self._tx: set[int] = set()           # egress devices in the XDP devmap

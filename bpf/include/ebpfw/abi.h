@@ -124,10 +124,10 @@ enum ebpfw_state {
  * gen, proof_gen and the REPORTED flag of entries that are PROVING or not of
  * the current generation; everything else is written by the daemon. The
  * daemon makes a reported flow FORWARD in proof_gen, not in its own
- * generation: a proof it reads after a change does not hold after it. Counters are plain
- * adds, no locked instruction: a flow's packets arrive on one RX queue, so
- * only packets of one flow handled on two CPUs at the same instant can lose
- * an increment (an under-count).
+ * generation: a proof it reads after a change does not hold after it.
+ * Counters are plain adds, no locked instruction: a flow's packets arrive on
+ * one RX queue, so only packets of one flow handled on two CPUs at the same
+ * instant can lose an increment (an under-count).
  *
  * l2.dsa_port set: oif is a DSA conduit and the frame gets the tag for that
  * port (the port number, plus tag-specific bits documented in
