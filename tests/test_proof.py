@@ -109,8 +109,7 @@ def test_a_proof_read_after_a_generation_began_does_not_hold_in_it(lab: Lab):
                  timeout=OFFLOAD_WAIT)
     assert pinned_flow(lab, sport).gen == gen, "made FORWARD in a generation it was not proved in"
     datagram(lab, sport)
-    now = lab.status()["generation"]["number"]
-    lab.wait_for(lambda: pinned_flow(lab, sport).gen == now,
+    lab.wait_for(lambda: pinned_flow(lab, sport).gen == lab.status()["generation"]["number"],
                  what="the flow proved again in place", timeout=OFFLOAD_WAIT)
 
 
