@@ -154,6 +154,26 @@ def test_new_flows_over_the_event_rate_are_adopted_by_the_sweep(lab: Lab):
                  what=f"all {flows} flows offloaded", timeout=240, interval=0.5)
 
 
+def test_a_burst_of_real_connections_is_taken_up_past_the_adoption_allowance(lab: Lab):
+    """Shed NEW events leave their flows in the pending tables, and the daemon takes them up
+    within an allowance (upkeep.ADOPT_PER_SWEEP) that bounds the lookups a flood of rejected
+    tuples costs. A lookup that finds a connection gives its share back: a burst of real
+    connections, more than one allowance, is admitted at once, not one allowance a sweep
+    interval: here a minute, and the wait ends before the second slice could begin (a few
+    seconds' work given ten times that on a loaded machine)."""
+    flows = upkeep.ADOPT_PER_SWEEP + 2000
+    lab.sh(lab.router, "sysctl -qw net.netfilter.nf_conntrack_udp_timeout=600")
+    lab.start_daemon("--idle-timeout", "1200", "--event-rate", "256",
+                     "--sweep-interval", "60", "--heartbeat-timeout", "120")
+    script = ROOT / "bench" / "flows.py"
+    # ports 10124-16219: none a conntrack helper claims (SIP's 5060 would be PASS)
+    lab.sh(lab.client, f"{sys.executable} {script} --count {flows} --start 9100 --sport 45100")
+    assert pinned_stats(lab)[maps.Counter.EVENT_SHED] > upkeep.ADOPT_PER_SWEEP, \
+        "too few events shed: the allowance alone could take them up"
+    lab.wait_for(lambda: decided_from(lab, f"{CLIENT4}:45100", {maps.State.PROVING}) == flows,
+                 what=f"all {flows} flows admitted", timeout=45, interval=0.5)
+
+
 def test_new_flows_are_admitted_between_the_steps_of_a_sweep_slice(lab: Lab):
     """A sweep slice reads its entries a step (one map batch) at a time, and the daemon
     admits what came meanwhile between two steps: a new flow waits for one step, not for a

@@ -111,6 +111,7 @@ class Admission:
         self.forgotten = 0      # rejected keys forgotten to make room (status)
         self._retry_seq = 0
         self.retrying_peak = 0      # the most flows that waited for a retry at once (status)
+        self.connected = 0          # lookups that found the flow's connection, so far
         self.admission_ms = Samples()   # first packet -> FORWARD
         self.proving_ms = Samples()     # first packet -> PROVING
         tables.on_index_full = self._index_full
@@ -212,6 +213,7 @@ class Admission:
             if answer is None:
                 self._schedule_retry(rec, rec.attempts)
             else:
+                self.connected += 1
                 self.decide(rec, *answer)
         self.tables.flush()
 

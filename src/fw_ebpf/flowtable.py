@@ -120,13 +120,14 @@ class FlowTables:
         for table in (*self._decided.values(), *self._pending.values()):
             yield from table.keys()
 
-    def pending_entries(self, batch: int = 256) -> list[tuple[bytes, int]]:
+    def pending_entries(self, batch: int = 256) -> Iterator[tuple[bytes, int]]:
         """Every key of the pending tables, with its last_seen (a PENDING entry's is when the
-        fast path saw the flow's first packet)."""
+        fast path saw the flow's first packet), a batch read at a time."""
         self.flush()
-        return [(key, _LAST_SEEN.unpack_from(value, _LAST_SEEN_AT)[0])
-                for table in self._pending.values() for chunk in table.batches(batch)
-                for key, value in chunk]
+        for table in self._pending.values():
+            for chunk in table.batches(batch):
+                for key, value in chunk:
+                    yield key, _LAST_SEEN.unpack_from(value, _LAST_SEEN_AT)[0]
 
     def delete_pending(self, key: bytes) -> bool:
         self.flush()

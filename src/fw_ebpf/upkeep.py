@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import struct
@@ -32,7 +33,10 @@ log = logging.getLogger("fw_ebpf.upkeep")
 # A PENDING or PASS entry nobody could admit is removed after this, so a later packet asks again
 PENDING_TTL = 10.0
 # PENDING entries the sweep adopts without having heard of them (shed or lost events), at most
-# (one batch of conntrack lookups); catch_up shares the allowance until the next sweep
+# (one batch of conntrack lookups); catch_up shares the allowance until the next sweep. It
+# bounds the lookups spent on tuples the kernel has no connection for (a flood): a lookup that
+# finds one gives its share back, so a burst of real connections is taken up as fast as the
+# daemon can
 ADOPT_PER_SWEEP = 4096
 # A PROVING flow the kernel forwarded none of for this long says so (it goes when idle)
 PROOF_SLOW = 3.0
@@ -60,6 +64,7 @@ class Upkeep:
         self.stale = 0                      # FORWARD entries of an old generation, last sweep
         self.recovered = 0                  # flows the sweep found whose event never came
         self._adoptable = ADOPT_PER_SWEEP   # unheard PENDING entries to adopt until the next sweep
+        self._connected = 0                 # admission.connected, when the allowance was last set
         self._missed = 0                    # NEW events shed or lost, as of the last catch_up
         self._scan: Iterator[tuple[list[tuple[bytes, bytes]], bool]] | None = None
         self._slice_done = SWEEP_SLICE      # entries the current slice read (full: none open)
@@ -149,7 +154,8 @@ class Upkeep:
         self.tables.heartbeat()
         if self._slice_done >= SWEEP_SLICE:
             self._slice_done, self._slice_s, self._slice_cpu_s = 0, 0.0, 0.0
-            self._adoptable = ADOPT_PER_SWEEP
+            self._adoptable, self._connected = ADOPT_PER_SWEEP, self.admission.connected
+        self._refund()
         if self._scan is None:
             self._scan = self.tables.scan(SWEEP_STEP)
             self._cycle += 1
@@ -252,16 +258,25 @@ class Upkeep:
         be admitted like new flows now, not when the sweep's cycle comes to them (seconds, in
         a big table), with when they were first seen; within the sweep's allowance of
         adoptions. `waiting`: keys whose events were read but not handled yet."""
+        self._refund()
         if missed == self._missed or self._adoptable <= 0:
             return []
-        unheard = [(key, first_ns) for key, first_ns in self.tables.pending_entries(BATCH)
-                   if key not in self.book and key not in waiting]
+        unheard = list(itertools.islice(
+            ((key, first_ns) for key, first_ns in self.tables.pending_entries(BATCH)
+             if key not in self.book and key not in waiting), self._adoptable + 1))
         if len(unheard) <= self._adoptable:
             self._missed = missed       # else the rest waits for the next call
         unheard = unheard[:self._adoptable]
         self._adoptable -= len(unheard)
         self.recovered += len(unheard)
         return unheard
+
+    def _refund(self) -> None:
+        """Lookups that found a connection since the allowance was last set give theirs back
+        (up to one batch)."""
+        connected = self.admission.connected
+        self._adoptable = min(ADOPT_PER_SWEEP, self._adoptable + connected - self._connected)
+        self._connected = connected
 
     def _end_cycle(self, cycle: int) -> None:
         """The whole table was read: what the book holds and it did not is gone (the LRU took
