@@ -222,18 +222,45 @@ static __always_inline bool event_allowed(struct ebpfw_stats *st)
 	return true;
 }
 
+/* A packet the fast path handles itself (forwarded or dropped) */
+static __always_inline void account(struct ebpfw_stats *st, struct ebpfw_flow *f,
+				    const struct pkt *p)
+{
+	f->packets++;
+	f->bytes += p->l3_len;
+	f->last_seen_ns = st->now_ns;
+}
+
+/* An early-drop verdict: fw4 drops the flow for certain, until it expires */
+static __always_inline enum verdict drop_verdict(struct ebpfw_stats *st,
+						 struct ebpfw_flow *f,
+						 const struct pkt *p)
+{
+	if (f->gen != st->gen)	/* decided under another ruleset */
+		return pass(st, EBPFW_PASS_STALE);
+	if (st->now_ns >= f->expires_ns)
+		return pass(st, EBPFW_PASS_DROP_EXPIRED);
+	account(st, f, p);
+	count(st, EBPFW_CNT_DROP);
+	return V_DROP;
+}
+
 /*
- * Unknown flow: note it once for the daemon in the pending table (BPF_NOEXIST
+ * Not decided: a DROP verdict, or a flow the daemon has yet to decide, or an
+ * unknown flow, noted once for the daemon in the pending table (BPF_NOEXIST
  * makes it once). The fine clock, once per flow: the daemon measures
  * admission latency from it.
  */
 static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt *p)
 {
 	struct ebpfw_flow pending = { .state = EBPFW_PENDING };
+	struct ebpfw_flow *f;
 	long err;
 
-	if (lookup(&ebpfw_pending4, &ebpfw_pending6, p))
-		return pass(st, EBPFW_PASS_PENDING);
+	f = lookup(&ebpfw_pending4, &ebpfw_pending6, p);
+	if (f)
+		return f->state == EBPFW_DROP ? drop_verdict(st, f, p)
+					      : pass(st, EBPFW_PASS_PENDING);
 	if (p->tcp_flags & (TCPF_FIN_ | TCPF_RST_))
 		return pass(st, EBPFW_PASS_TCP_CLOSE);
 	pending.last_seen_ns = bpf_ktime_get_ns();
@@ -246,15 +273,6 @@ static __always_inline enum verdict flow_miss(struct ebpfw_stats *st, struct pkt
 	if (!err && event_allowed(st))
 		notify(st, p, EBPFW_EV_NEW, pending.last_seen_ns);
 	return pass(st, EBPFW_PASS_MISS);
-}
-
-/* A packet the fast path handles itself (forwarded or dropped) */
-static __always_inline void account(struct ebpfw_stats *st, struct ebpfw_flow *f,
-				    const struct pkt *p)
-{
-	f->packets++;
-	f->bytes += p->l3_len;
-	f->last_seen_ns = st->now_ns;
 }
 
 /*
@@ -278,14 +296,6 @@ static __always_inline enum verdict decide(struct ebpfw_stats *st, struct pkt *p
 		return pass(st, EBPFW_PASS_PENDING);
 	case EBPFW_PROVING:
 		return pass(st, EBPFW_PASS_PROVING);
-	case EBPFW_DROP:
-		if (f->gen != st->gen)	/* decided under another ruleset */
-			return pass(st, EBPFW_PASS_STALE);
-		if (st->now_ns >= f->expires_ns)
-			return pass(st, EBPFW_PASS_DROP_EXPIRED);
-		account(st, f, p);
-		count(st, EBPFW_CNT_DROP);
-		return V_DROP;
 	case EBPFW_FORWARD:
 		break;
 	default:

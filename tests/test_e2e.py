@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from e2e import (OFFLOAD_WAIT, attached, conntrack_entry, finish, flows_of, gate
 from fw_ebpf import maps
 from fw_ebpf.libbpf import open_pinned_map
 from lab import (ALT_GATEWAY6, CLIENT4, GATEWAY4, ROUTER_WAN4, SERVER4, SERVER6, SHARED_CASES,
-                 Lab)
+                 Lab, run)
 
 pytestmark = [requires_root, pytest.mark.usefixtures("bpf_build")]
 
@@ -337,6 +338,70 @@ def test_early_drop_kills_dropped_flows_in_the_fast_path(early_drop: bool):
         result = finish(accepted)
         assert result["received"] == result["sent"] and result["corrupt"] == 0
         assert sum(f["packets"] for f in flows_of(lab, 44000, state=None)) > 0
+
+
+def _entries(lab: Lab, table: int) -> dict[bytes, bytes]:
+    """The IPv4 decided (0) or pending (1) table, as pinned."""
+    with open_pinned_map(f"{lab.pin_dir}/{maps.TABLES[maps.L3_IPV4][table]}") as m:
+        return dict(m.lookup_batch(4096))
+
+
+def _states(entries: dict[bytes, bytes], dports: range) -> list[maps.State]:
+    return [maps.State(v[maps.Flow.state.offset]) for k, v in entries.items()
+            if maps.decode_key(k).tuple.dport in dports]
+
+
+def test_a_flood_fw4_drops_stays_out_of_the_decided_table():
+    """Early drop's verdicts take the place of their flows' PENDING entries in the pending
+    tables: a flood of tuples fw4 drops, three times what the decided table holds, can evict
+    PENDING and DROP entries (LRU), never an offloaded flow, because none of it enters the
+    decided table. (The kernel's LRU spares recently used entries for a while, so an idle
+    offloaded flow surviving such a flood proves nothing by itself; its entries in the
+    decided table being all there is does.)"""
+    model = SHARED_CASES / DROP_CASE / "model.json"
+    if not model.exists():
+        pytest.skip(f"needs the real fw4 output in {SHARED_CASES} (a user's own clone lacks it)")
+    flows_max, rounds = 1024, 3
+    with Lab(DROP_CASE) as lab:
+        def probe(ports: range, times: int = 1) -> None:
+            # one datagram a port to the router's WAN address (fw4: wan input drop), from a
+            # port of the round's own
+            run("ip", "netns", "exec", lab.server, sys.executable, "-c",
+                "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.bind(('', {44300 + ports.start // flows_max})); "
+                f"[s.sendto(b'x', ('{ROUTER_WAN4}', p)) for _ in range({times}) for p in {ports}]")
+
+        lab.start_echo_server(lab.server)
+        lab.start_daemon("--fw4-model", str(model), "--early-drop", "--flows-max",
+                         str(flows_max), "--idle-timeout", "600")
+        idle = gated_flow(lab, "udp", 44200, close=True)
+        wait_offloaded(lab, 44200)
+        lab.open_gate("go")
+        lab.wait_at_gate("close", idle)     # offloaded, and quiet from now on
+        carried = {k: v for k, v in _entries(lab, 0).items()
+                   if v[maps.Flow.state.offset] == maps.State.FORWARD}
+        assert len(carried) == 2, carried
+        dropped = 0
+        for r in range(rounds):
+            # a decided table's worth of tuples at a time, each round decided before the next
+            ports = range(20000 + r * flows_max, 20000 + (r + 1) * flows_max)
+            probe(ports)
+            lab.wait_for(lambda: maps.State.PENDING not in _states(_entries(lab, 1), ports)
+                         and not any(lab.status()["admission_backlog"][k]
+                                     for k in ("new", "retrying")),
+                         what=f"flood round {r + 1} decided", timeout=120)
+            dropped += _states({**_entries(lab, 0), **_entries(lab, 1)},
+                               ports).count(maps.State.DROP)
+            probe(ports, times=2)   # dropped by the fast path: a scanner's verdicts are in use
+        assert dropped > flows_max, "too few drop verdicts to fill the decided table"
+        assert lab.stats()["drop"] >= flows_max     # the verdicts held in the fast path
+        decided = _entries(lab, 0)
+        assert _states(decided, range(20000, 20000 + rounds * flows_max)) == []
+        assert [maps.State(decided[k][maps.Flow.state.offset]) if k in decided else None
+                for k in carried] == [maps.State.FORWARD] * 2
+        lab.open_gate("close")
+        result = finish(idle)
+        assert result["received"] == result["sent"]
 
 
 def test_model_printed_without_ubus_is_refused_and_retried_on_its_own():

@@ -391,16 +391,25 @@ def test_flow_tables_keep_each_entry_in_one_table(fp: FastPath):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_staged_entries_are_written_before_any_other_access(fp: FastPath, family: int):
     """FlowTables.stage() holds decided entries for one batch write; whatever touches the
-    tables next sees them, and nothing staged outlives a delete."""
+    tables next sees them, and nothing staged outlives a delete. A DROP verdict takes the
+    place of the flow's PENDING entry, in the pending table."""
     key = key_for("untagged", flow_tuple(family, "udp"))
     decided, pending = (fp.obj.map(name) for name in maps.TABLES[maps.key_family(key)])
     fp.flows.update(key, maps.encode_verdict(maps.State.PENDING))
-    drop = maps.encode_verdict(maps.State.DROP, expires_ns=1)
-    fp.flows.stage(key, drop)
+    verdict = maps.encode_verdict(maps.State.PASS)
+    fp.flows.stage(key, verdict)
     assert decided.lookup(key) is None and pending.lookup(key) is not None    # not yet
-    assert fp.flows.lookup(key) == drop
+    assert fp.flows.lookup(key) == verdict
     assert pending.lookup(key) is None          # the pending entry went with it
     fp.flows.stage(key, maps.encode_verdict(maps.State.PASS), pending_too=False)
     assert fp.flows.delete(key)
     fp.flows.flush()
     assert decided.lookup(key) is None and pending.lookup(key) is None
+
+    pending_value = maps.encode_verdict(maps.State.PENDING)
+    fp.flows.update(key, pending_value)
+    drop = maps.encode_verdict(maps.State.DROP, expires_ns=1)
+    fp.flows.stage(key, drop)
+    assert pending.lookup(key) == pending_value                                # not yet
+    assert fp.flows.lookup(key) == drop
+    assert pending.lookup(key) == drop and decided.lookup(key) is None

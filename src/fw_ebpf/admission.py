@@ -102,8 +102,8 @@ class Admission:
         # lookup (RETRY_DELAYS): past retries_max waiting, new flows wait in the daemon's
         # backlog, then in the pending tables, so its memory stays bounded whatever comes
         self._retries_max = retries_max
-        # Flows the kernel keeps no connection for are remembered, so their packets cost no
-        # lookup, while they last; past rejected_max (what the pending tables hold: the LRU
+        # Flows the kernel keeps no connection for (undecided, or dropped early) are
+        # remembered, so their packets cost no lookup, while they last; past rejected_max (what the pending tables hold: the LRU
         # has taken the entries of older ones), the oldest are forgotten with their entries.
         # A flood of rejected tuples costs the daemon bounded memory (0.4 KB a key in the book).
         self._rejected: deque[bytes] = deque()     # oldest first
@@ -386,10 +386,11 @@ class Admission:
         while len(rejected) > self._rejected_max:
             old = self.book.get(rejected.popleft())
             # a key decided since, or forgotten and seen anew, is not this one's to forget
-            if old is None or old.state != PENDING or old.conn is not None or \
+            if old is None or old.state not in (PENDING, DROP) or old.conn is not None or \
                     not old.reason.startswith("no conntrack entry"):
                 continue
-            # its next packet makes a PENDING entry again: looked up, as a new flow
+            # its next packet makes a PENDING entry again (the LRU has most likely taken a
+            # DROP verdict's already): looked up, as a new flow
             self.tables.unpend(old.key)
             self.book.remove(old.key)
             self.forgotten += 1

@@ -2,10 +2,11 @@
 """The fast path's tables seen as one store: flows, the egress index, the runtime word.
 
 A key goes to the IPv4 or the IPv6 tables by its length (maps.encode_key), a value to the
-decided table (PROVING, FORWARD, DROP, PASS) or the pending one by its state. The fast path
-creates PENDING entries in the pending tables only, so a flood of new tuples can evict PENDING
-entries but never a decided one; this class keeps the daemon's PENDING entries there too. The
-egress index maps the tuple a flow leaves with to its key, for the proof (ebpfw_egress).
+decided table (PROVING, FORWARD, PASS) or the pending one (PENDING, DROP) by its state. The
+fast path creates PENDING entries in the pending tables only, and early drop's verdicts are
+on such flows, so a flood of new tuples, dropped or not, can evict PENDING and DROP entries
+but never a decided one. The egress index maps the tuple a flow leaves with to its key, for
+the proof (ebpfw_egress).
 
 Admission writes decided entries and their egress index a batch at a time: stage() and
 index() hold them until flush(), which writes them in one syscall per table, the index first
@@ -22,6 +23,7 @@ from fw_ebpf import maps
 from fw_ebpf.libbpf import BpfMap
 
 _STATE = maps.Flow.state.offset
+UNDECIDED = (maps.State.PENDING, maps.State.DROP)     # the states of the pending tables
 _LAST_SEEN = struct.Struct("=Q")
 _LAST_SEEN_AT = maps.Flow.last_seen_ns.offset
 
@@ -38,9 +40,10 @@ class FlowTables:
         self.proving_marks = 0      # how often a flow was made to wait for proof
         self.beat_every_ns = int(beat_every * 1e9)
         self.next_beat_ns = 0
-        # staged decided entries by family (the last value of a key wins), and the keys
-        # whose pending entry goes with them
+        # staged entries by family (the last value of a key wins): decided ones, the keys
+        # whose pending entry goes with them, and DROP verdicts (in the pending tables)
         self._staged: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
+        self._drops: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
         self._unpend: dict[int, list[bytes]] = {fam: [] for fam in maps.TABLES}
         self._index: dict[int, dict[bytes, bytes]] = {fam: {} for fam in maps.TABLES}
         self._dirty = False
@@ -53,13 +56,16 @@ class FlowTables:
         return self._decided[fam], self._pending[fam]
 
     def stage(self, key: bytes, value: bytes, pending_too: bool = True) -> None:
-        """update() of a decided value at the next flush(). pending_too False: for an entry
-        the decided table holds already, whose pending entry, if the fast path wrote one
-        meanwhile, is stale (the sweep removes it)."""
+        """update() of a decided value or a DROP verdict at the next flush(). pending_too
+        False: for an entry the decided table holds already, whose pending entry, if the
+        fast path wrote one meanwhile, is stale (the sweep removes it)."""
         fam = maps.key_family(key)
-        self._staged[fam][key] = value
-        if pending_too:
-            self._unpend[fam].append(key)
+        if value[_STATE] == maps.State.DROP:     # over the flow's PENDING entry
+            self._drops[fam][key] = value
+        else:
+            self._staged[fam][key] = value
+            if pending_too:
+                self._unpend[fam].append(key)
         self._dirty = True
 
     def unpend(self, key: bytes) -> None:
@@ -68,8 +74,8 @@ class FlowTables:
         self._dirty = True
 
     def flush(self) -> None:
-        """Writes what was staged: decided entries first, so the fast path never finds
-        neither."""
+        """Writes what was staged: decided entries before the pending ones they replace go,
+        so the fast path never finds neither; DROP verdicts over their pending entries."""
         if not self._dirty:
             return
         self._dirty = False
@@ -87,6 +93,11 @@ class FlowTables:
             if keys:
                 self._unpend[fam] = []
                 self._pending[fam].delete_batch(keys)
+        for fam, drops in self._drops.items():
+            if drops:
+                items = list(drops.items())
+                drops.clear()
+                self._pending[fam].update_batch(items)
 
     def lookup(self, key: bytes) -> bytes | None:
         self.flush()
@@ -103,7 +114,7 @@ class FlowTables:
         (written first, so the fast path never finds neither)."""
         self.flush()
         decided, pending = self._pair(key)
-        if value[_STATE] == maps.State.PENDING:
+        if value[_STATE] in UNDECIDED:
             pending.update(key, value)
             decided.delete(key)
         else:

@@ -24,7 +24,7 @@ from fw_ebpf import maps
 from fw_ebpf.admission import Admission
 from fw_ebpf.conntrack import Conntrack
 from fw_ebpf.flows import FlowBook
-from fw_ebpf.flowtable import FlowTables
+from fw_ebpf.flowtable import UNDECIDED, FlowTables
 from fw_ebpf.links import RtEvent
 from fw_ebpf.maps import DROP, FORWARD, PASS, PENDING, PROVING, State
 
@@ -187,7 +187,11 @@ class Upkeep:
                     self.adopt(key, State(state))
                     continue
                 rec, known, active = noted
-                if pending and known != PENDING:
+                if pending and known == DROP and state == PENDING:
+                    # the LRU took the verdict, and a packet came since: decided anew
+                    self.admission.evict(key, "drop verdict evicted")
+                    continue
+                if pending and known not in UNDECIDED:
                     # written by the fast path while the daemon decided the key: stale
                     self.tables.delete_pending(key)
                     continue

@@ -6,13 +6,14 @@
  * against the BTF of the compiled objects.
  *
  * Flow tables, one pair per address family:
- *   ebpfw_flows4 / ebpfw_flows6     decided entries (PROVING, FORWARD, DROP,
- *                                   PASS), written by the daemon
+ *   ebpfw_flows4 / ebpfw_flows6     decided entries (PROVING, FORWARD, PASS),
+ *                                   written by the daemon
  *   ebpfw_pending4 / ebpfw_pending6 PENDING entries the fast path creates for
- *                                   unknown flows
- * All four are LRU hashes; a flood of new tuples can only evict PENDING
- * entries, never an offloaded flow. The fast path looks in the decided table
- * first, then in the pending one.
+ *                                   unknown flows, and the daemon's early-drop
+ *                                   verdicts on them (DROP)
+ * All four are LRU hashes; a flood of new tuples, dropped by fw4 or not, can
+ * only evict PENDING and DROP entries, never an offloaded flow. The fast path
+ * looks in the decided table first, then in the pending one.
  *
  * Admission by proof: a flow conntrack accepted is PROVING; the TC egress
  * program (ebpfw_egress) finds it by the tuple it leaves with after NAT in
