@@ -6,8 +6,9 @@ Real flows through the lab router (fw4 ruleset, masquerade, conntrack, the daemo
 mode): bench/flows.py in the client namespace opens UDP flows to the server, whose veth sends
 every datagram back (bench/bpf/reflect.c). ebpfw admits by proof, so a flow needs packets after
 the daemon made it PROVING: each flow sends at 0, 10, 30, 70, 150, 310, 630, 1270, 2550 and
-5110 ms, then every 10 s (steady traffic, both directions; bench/flows.py SCHEDULE, KEEPALIVE). Conntrack UDP timeouts are raised in the router
-and the daemon's idle timeout set to an hour, so the offloaded set stays put while measured.
+5110 ms, then every 2.5 s up to 20.11 s, then every 10 s (steady traffic, both directions;
+bench/flows.py SCHEDULE, KEEPALIVE). Conntrack UDP timeouts are raised in the router and the
+daemon's idle timeout set to an hour, so the offloaded set stays put while measured.
 
 - idle: RSS of the daemon with no flow, after its first sweeps.
 - 0 -> 1k and 1k -> 10k: new flows offered at PACED_RATE a second (sustained admission).
@@ -15,7 +16,8 @@ and the daemon's idle timeout set to an hour, so the offloaded set stays put whi
   (it includes waiting for the flow's next packet after PROVING: at most the schedule's gap);
   `proving_ms`, first packet -> PROVING written, is the daemon's own share.
 - 10k -> top: the rest at once (a burst of >= 50k at 64k): seconds until every connection is
-  offloaded (both directions FORWARD), or what is left when nothing moved for STALL_S.
+  offloaded (both directions FORWARD), or what is left when nothing moved for STALL_S; and
+  until every one was PROVING or offloaded (`decided_s`, the daemon's part).
 - at each level, with the steady traffic: daemon CPU (utime+stime over STEADY_S, % of one core),
   RSS, the last sweep slice's wall and CPU time (`last_sweep_ms`, `last_sweep_cpu_ms`); at the
   top, `resync` (every flow proved again) from the CLI.
@@ -61,28 +63,35 @@ def _offloaded(status: dict[str, Any]) -> int:
     return int(status["flows"].get("forward", 0)) // 2
 
 
-def _forward_entries(tables: PinnedTables) -> int:
-    """FORWARD entries in the pinned decided tables: read from outside, so a daemon busy with a
-    burst (answering `status` late) does not hold the count back."""
-    return sum(value[_STATE] == maps.State.FORWARD
-               for name in DECIDED for _, value in tables.tables[name].lookup_batch(4096))
+def _decided_entries(tables: PinnedTables) -> tuple[int, int]:
+    """FORWARD entries in the pinned decided tables, and PROVING or FORWARD ones: read from
+    outside, so a daemon busy with a burst (answering `status` late) does not hold the count
+    back."""
+    states = [value[_STATE] for name in DECIDED
+              for _, value in tables.tables[name].lookup_batch(4096)]
+    forward = states.count(maps.State.FORWARD)
+    return forward, forward + states.count(maps.State.PROVING)
 
 
 def _wait_offloaded(tables: PinnedTables, connections: int, t0: float) \
-        -> tuple[float | None, float, int]:
+        -> tuple[float | None, float, int, float | None]:
     """Waits until `connections` are offloaded (both directions FORWARD), or nothing moved for
     STALL_S, or CATCH_UP_TIMEOUT_S. Returns the seconds from t0 until all were (None if they
-    never were), until the last one that was, and how many were."""
-    moved, last, last_at = time.monotonic(), -1, 0.0
+    never were), until the last one that was, how many were, and the seconds until all were
+    PROVING or offloaded (the daemon's part: the rest waits for the flows' next datagram)."""
+    moved, last, last_at, decided_at = time.monotonic(), -1, 0.0, None
     while True:
-        n = _forward_entries(tables) // 2
+        forward, decided = _decided_entries(tables)
+        n = forward // 2
         now = time.monotonic()
+        if decided_at is None and decided // 2 >= connections:
+            decided_at = now - t0
         if n != last:
             moved, last, last_at = now, n, now - t0
         if n >= connections:
-            return now - t0, last_at, n
+            return now - t0, last_at, n, decided_at
         if now - moved > STALL_S or now - t0 > CATCH_UP_TIMEOUT_S:
-            return None, last_at, n
+            return None, last_at, n, decided_at
         time.sleep(0.1)
 
 
@@ -151,12 +160,14 @@ def _one_run(lab: Lab, run: int) -> dict[str, Any]:
             rate = 0 if burst else PACED_RATE
             t0 = time.monotonic()
             send_s = sender.open(new, rate)
-            took, last_at, done = _wait_offloaded(tables, level - left_to_stack(level), t0)
+            took, last_at, done, decided_at = _wait_offloaded(tables,
+                                                              level - left_to_stack(level), t0)
             lab.wait_for(lambda: _answers(lab), what="daemon answering status", timeout=300,
                          interval=1)
             status = _status(lab)
             out["rate"][level] = {"new": new, "offered_per_s": new / max(send_s, 1e-9),
                                   "send_s": send_s, "seconds": took, "last_at": last_at,
+                                  "decided_s": decided_at,
                                   "offloaded": done, "not_offloaded": level - done,
                                   "per_s": (done - sent) / max(last_at, 1e-9), "burst": burst,
                                   "admission_ms": status["admission_ms"],
@@ -252,11 +263,13 @@ def summarize(results: list[dict[str, Any]], levels: tuple[int, ...]) -> dict[st
         "rate": {str(lv): {m: summary([r["rate"][lv][m] for r in results
                                        if r["rate"][lv].get(m) is not None])
                            for m in ("offered_per_s", "per_s", "seconds", "last_at",
-                                     "not_offloaded")}
+                                     "not_offloaded", "decided_s")}
                  for lv in levels},
         "burst": {"level": top, "new": top - (levels[-2] if len(levels) > 1 else 0),
                   "admitted_in_s": summary([r["rate"][top]["seconds"] for r in results
                                             if r["rate"][top]["seconds"] is not None]),
+                  "decided_in_s": summary([r["rate"][top]["decided_s"] for r in results
+                                           if r["rate"][top].get("decided_s") is not None]),
                   "not_admitted": [r["rate"][top]["not_offloaded"] for r in results]},
         "steady": {str(lv): {m: summary([r["steady"][lv][m] for r in results])
                              for m in ("cpu_pct", "rss_mb", "sweep_ms", "sweep_cpu_ms",

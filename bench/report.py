@@ -479,8 +479,12 @@ def _control(c: Results | None) -> list[str]:
            "flow talks both ways. Admission is by proof: a flow is offloaded once the kernel "
            "forwarded one of its packets after the daemon made it PROVING, so each flow sends at "
            "0, 10, 30, 70, 150, 310, 630, 1270, 2550 and 5110 ms (the gap doubles), then every "
-           "10 s (the steady traffic). So the burst's time moves in steps of 10 s: a flow made "
-           "PROVING after its datagram at 5.1 s is offloaded by the one at 15.1 s, or 25.1 s. "
+           "2.5 s up to 20.11 s, then every 10 s (the steady traffic). The burst's time moves in "
+           "steps of the schedule: a flow made PROVING after its datagram at 5.1 s is offloaded "
+           "by the one at 7.6 s, or 10.1 s, and so on. (With a gap of 10 s after 5.1 s, as "
+           "before 2026-12-01, it moved in steps of 10 s: the same daemon measured 15.6 s or "
+           "25.8 s.) 'all PROVING by' is the daemon's part: when every connection of the level "
+           "was PROVING or offloaded, waiting for nothing but its own next datagram. "
            f"Up to {int(levels[-2]):,} the flows are offered at {c['paced_rate']:,}/s, above "
            "the 5,000/s target: offered at exactly that, first datagram to last offloaded could "
            "never reach it (the last flow is offloaded a gap of its schedule after it is sent); "
@@ -490,12 +494,14 @@ def _control(c: Results | None) -> list[str]:
            "amanda conntrack helper and ebpfw leaves to the stack by design "
            f"({', '.join(str(n) for n in c.get('left_to_stack', {}).values())} at the sizes "
            "above, counted in 'not offloaded').", "",
-           "| connections | offered / s | admitted / s | seconds until all | not offloaded |",
-           "|---|---|---|---|---|"]
+           "| connections | offered / s | admitted / s | all PROVING by (s) | seconds until all "
+           "| not offloaded |",
+           "|---|---|---|---|---|---|"]
     for lv in levels:
         r = c["rate"][lv]
         out.append(f"| {int(lv):,}{' (burst)' if lv == levels[-1] and len(levels) > 2 else ''} "
                    f"| {_mmm(r['offered_per_s'], digits=0)} | {_mmm(r['per_s'], digits=0)} | "
+                   f"{_mmm(r.get('decided_s'), digits=1)} | "
                    f"{_mmm(r['seconds'], digits=1)} | {_mmm(r['not_offloaded'], digits=0)} |")
     out += ["", f"Latency of the flows offered at {c['paced_rate']:,}/s (the daemon's own figures, "
             "`ebpfw status`): first packet seen by the fast path -> FORWARD written "
