@@ -85,15 +85,14 @@ class PinnedTables:
         return {name: m.max_entries for name, m in self.tables.items()}
 
     def counts(self) -> dict[str, int]:
-        """Entries per table, and the decided tables' entries per state (forward, drop, pass)."""
+        """Entries per table, and entries per state (pending, proving, forward, drop, pass)."""
         out: dict[str, int] = {}
         for name, m in self.tables.items():
             entries = m.lookup_batch(4096)
             out[name] = len(entries)
-            if "pending" not in name:
-                for _, value in entries:
-                    state = maps.State(value[_STATE]).name.lower()
-                    out[state] = out.get(state, 0) + 1
+            for _, value in entries:
+                state = maps.State(value[_STATE]).name.lower()
+                out[state] = out.get(state, 0) + 1
         return out
 
     def entries(self, name: str) -> dict[bytes, bytes]:
