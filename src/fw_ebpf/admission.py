@@ -103,9 +103,10 @@ class Admission:
         # backlog, then in the pending tables, so its memory stays bounded whatever comes
         self._retries_max = retries_max
         # Flows the kernel keeps no connection for (undecided, or dropped early) are
-        # remembered, so their packets cost no lookup, while they last; past rejected_max (what the pending tables hold: the LRU
-        # has taken the entries of older ones), the oldest are forgotten with their entries.
-        # A flood of rejected tuples costs the daemon bounded memory (0.4 KB a key in the book).
+        # remembered, so their packets cost no lookup, while they last; past rejected_max
+        # (what the pending tables hold: the LRU has taken the entries of older ones), the
+        # oldest are forgotten with their entries. A flood of rejected tuples costs the daemon
+        # bounded memory (0.4 KB a key in the book).
         self._rejected: deque[bytes] = deque()     # oldest first
         self._rejected_max = rejected_max
         self.forgotten = 0      # rejected keys forgotten to make room (status)
