@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -363,13 +365,22 @@ def test_a_flood_fw4_drops_stays_out_of_the_decided_table():
         pytest.skip(f"needs the real fw4 output in {SHARED_CASES} (a user's own clone lacks it)")
     flows_max, rounds = 1024, 3
     with Lab(DROP_CASE) as lab:
-        def probe(ports: range, times: int = 1) -> None:
-            # one datagram a port to the router's WAN address (fw4: wan input drop), from a
-            # port of the round's own
+        def probe(r: int, ports: Sequence[int], times: int = 1) -> None:
+            # one datagram a port to the router's WAN address (fw4: wan input drop), from the
+            # round's own port
             run("ip", "netns", "exec", lab.server, sys.executable, "-c",
                 "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
-                f"s.bind(('', {44300 + ports.start // flows_max})); "
-                f"[s.sendto(b'x', ('{ROUTER_WAN4}', p)) for _ in range({times}) for p in {ports}]")
+                f"s.bind(('', {44300 + r})); "
+                f"[s.sendto(b'x', ('{ROUTER_WAN4}', p)) for _ in range({times}) "
+                f"for p in {list(ports)}]")
+
+        def held_verdicts(ports: range) -> list[int]:
+            # ports with a DROP verdict that holds for a while yet (a verdict expires)
+            soon = time.monotonic_ns() + 5 * 10**9
+            return [maps.decode_key(k).tuple.dport for k, v in _entries(lab, 1).items()
+                    if maps.decode_key(k).tuple.dport in ports
+                    and maps.decode_flow(v).state == maps.State.DROP
+                    and maps.decode_flow(v).expires_ns > soon]
 
         lab.start_echo_server(lab.server)
         lab.start_daemon("--fw4-model", str(model), "--early-drop", "--flows-max",
@@ -381,20 +392,28 @@ def test_a_flood_fw4_drops_stays_out_of_the_decided_table():
         carried = {k: v for k, v in _entries(lab, 0).items()
                    if v[maps.Flow.state.offset] == maps.State.FORWARD}
         assert len(carried) == 2, carried
-        dropped = 0
+        dropped = probed = 0
         for r in range(rounds):
             # a decided table's worth of tuples at a time, each round decided before the next
             ports = range(20000 + r * flows_max, 20000 + (r + 1) * flows_max)
-            probe(ports)
+            probe(r, ports)
             lab.wait_for(lambda: maps.State.PENDING not in _states(_entries(lab, 1), ports)
                          and not any(lab.status()["admission_backlog"][k]
                                      for k in ("new", "retrying")),
                          what=f"flood round {r + 1} decided", timeout=120)
-            dropped += _states({**_entries(lab, 0), **_entries(lab, 1)},
-                               ports).count(maps.State.DROP)
-            probe(ports, times=2)   # dropped by the fast path: a scanner's verdicts are in use
+            dropped += _states(_entries(lab, 1), ports).count(maps.State.DROP)
+            # a scanner's verdicts are in use: its next datagrams are dropped by the fast path.
+            # Only ports with a verdict are probed: a miss takes a pending entry, and the LRU
+            # may make room for it by evicting a verdict not probed yet.
+            held = held_verdicts(ports)
+            probed += len(held)
+            before = lab.stats()["drop"]
+            probe(r, held, times=2)
+            lab.wait_for(lambda: lab.stats()["drop"] >= before + 2 * len(held),
+                         what=f"round {r + 1}: {2 * len(held)} datagrams dropped by the fast "
+                              f"path", timeout=OFFLOAD_WAIT)
         assert dropped > flows_max, "too few drop verdicts to fill the decided table"
-        assert lab.stats()["drop"] >= flows_max     # the verdicts held in the fast path
+        assert probed > flows_max, "too few drop verdicts held to probe"
         decided = _entries(lab, 0)
         assert _states(decided, range(20000, 20000 + rounds * flows_max)) == []
         assert [maps.State(decided[k][maps.Flow.state.offset]) if k in decided else None
