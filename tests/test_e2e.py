@@ -377,10 +377,10 @@ def test_a_flood_fw4_drops_stays_out_of_the_decided_table():
         def held_verdicts(ports: range) -> list[int]:
             # ports with a DROP verdict that holds for a while yet (a verdict expires)
             soon = time.monotonic_ns() + 5 * 10**9
-            return [maps.decode_key(k).tuple.dport for k, v in _entries(lab, 1).items()
-                    if maps.decode_key(k).tuple.dport in ports
-                    and maps.decode_flow(v).state == maps.State.DROP
-                    and maps.decode_flow(v).expires_ns > soon]
+            found = ((maps.decode_key(k).tuple.dport, maps.decode_flow(v))
+                     for k, v in _entries(lab, 1).items())
+            return [port for port, f in found
+                    if port in ports and f.state == maps.State.DROP and f.expires_ns > soon]
 
         lab.start_echo_server(lab.server)
         lab.start_daemon("--fw4-model", str(model), "--early-drop", "--flows-max",
